@@ -1,0 +1,143 @@
+"""`btu defend` and `btu scan`: argument parsing and printing only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_btu_options(p):
+    g = p.add_argument_group("BTU")
+    g.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3], help="detection rounds (default 1 2 3)")
+    g.add_argument("--alpha", type=float, default=0.05, help="percent of the vocabulary flagged per round (0.05)")
+    g.add_argument("--detect-epochs", type=float, default=1.0)
+    g.add_argument("--detect-batch-size", type=int, default=32)
+    g.add_argument("--detect-lr", type=float, default=2e-5)
+    g.add_argument("--shallow-batch-size", type=int, default=32)
+    g.add_argument("--shallow-lr", type=float, default=2e-5)
+    g.add_argument("--unmasked-pooling", action="store_true", help="M* averages padding too (authors' code)")
+    g.add_argument("--shallow-pad-to", type=int, help="pad M* rows to this length (authors' code: 128)")
+
+
+def btu_config(a, **extra):
+    from .config import BTUConfig
+
+    kw = dict(rounds=a.rounds, alpha=a.alpha, detect_epochs=a.detect_epochs, detect_batch_size=a.detect_batch_size,
+              detect_lr=a.detect_lr, shallow_batch_size=a.shallow_batch_size, shallow_lr=a.shallow_lr,
+              shallow_masked_pooling=not a.unmasked_pooling, shallow_pad_to=a.shallow_pad_to, seed=a.seed,
+              progress=not a.no_progress, max_length=a.max_length)
+    kw.update(extra)
+    return BTUConfig(**kw)
+
+
+def cmd_defend(a):
+    from ...experiment import apply_attack, load_splits
+    from ...models import save_model
+    from .pipeline import defend, save_distances
+    from .report import flagged_table, result_table, write_report
+    from ...cli import attack_config, data_config
+
+    cfg = btu_config(a, unlearn=a.unlearn, threshold=a.threshold, padding=a.padding, change_from=a.change_from,
+                     victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
+                     repair_lr=a.repair_lr, repair_controls=not a.no_controls, precision=a.precision)
+    splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
+    res = defend(splits.train, a.model, clean_data=a.clean_data, test=splits.test, poison_test=splits.poison_test,
+                 target=splits.target, config=cfg, victim=a.victim, allow_pickle=a.allow_pickle,
+                 trust_remote_code=a.trust_remote_code)
+    out = Path(a.out)
+    res.report["attack"] = acfg or None
+    save_model(res.model, res.tokenizer, out / "model")
+    cfg.save(out / "btu_config.json")
+    save_distances(res.detection, out / "distances.safetensors")
+    write_report(res.report, out)
+    print(result_table(res.report["rows"]))
+    print()
+    print(flagged_table(res.flagged))
+    print(f"\nwrote {out}/model (the defended model), report.json, report.md, btu_config.json, distances.safetensors")
+
+
+def cmd_scan(a):
+    from ...data import write_file
+    from ...experiment import apply_attack, load_splits
+    from ...io import atomic_write_json
+    from .pipeline import save_distances, scan
+    from .report import flagged_table, markdown_report
+    from ...cli import attack_config, data_config
+
+    data = data_config(a)
+    data.dev = data.test = None
+    splits = load_splits(data, a.seed)
+    if a.attack:
+        splits.test = splits.train  # only the training set matters here
+        splits, _ = apply_attack(splits, attack_config(a), a.seed)
+    ds = splits.train
+    cfg = btu_config(a, precision=a.precision)
+    flagged, det, stats = scan(ds, a.model, cfg)
+    print(flagged_table(flagged))
+    print(f"\n{stats['flagged_rows']} of {stats['rows']} training rows carry a flagged token.")
+    if "precision" in stats:
+        print(f"Against the ground-truth poison flags: precision {stats['precision']:.1f} %, recall "
+              f"{stats['recall']:.1f} % ({stats['true_positives']} of {stats['poisoned_rows']} poisoned rows).")
+    examples = {}
+    for f in flagged[: a.show]:
+        examples[f["token"]] = [ds.texts[i] for i in f["row_ids"][: a.examples]]
+        for i in f["row_ids"][: a.examples]:
+            print(f"  {f['token']!r:>14}: {ds.texts[i][:120]}")
+    report = {"flagged": [{k: v for k, v in f.items() if k != "row_ids"} for f in flagged], "flagged_rows": stats,
+              "examples": examples, "data": {"train": ds.source, "rows": len(ds)}, "config": cfg.to_dict(),
+              "timings": {"detection": det.seconds}}
+    if a.export_clean:
+        rows = set()
+        for f in flagged:
+            rows.update(f["row_ids"])
+        keep = [i for i in range(len(ds)) if i not in rows]
+        write_file(ds.subset(keep), a.export_clean)
+        print(f"wrote {a.export_clean}: {len(keep)} rows without a flagged token")
+    if a.out:
+        out = Path(a.out)
+        atomic_write_json(out / "scan.json", report)
+        from ...io import atomic_write_text
+
+        atomic_write_text(out / "scan.md", markdown_report(report, "BTU scan"))
+        save_distances(det, out / "distances.safetensors")
+        print(f"wrote {out}/scan.json, scan.md, distances.safetensors")
+
+
+def register(sub, add_common, add_attack, add_training, epilog):
+    s = sub.add_parser("defend", help="train a clean model from possibly poisoned data with BTU",
+                       description="BTU: detect suspicious tokens, train normally, unlearn them, repair with clean "
+                       "data. Reports no defense, unlearning only, BTU and repair only. Writes OUT/model, "
+                       "report.json, report.md, btu_config.json and distances.safetensors.", epilog=epilog)
+    add_common(s, out_required=True, train_required=True)
+    add_attack(s)
+    add_training(s, epochs=3.0)
+    add_btu_options(s)
+    g = s.add_argument_group("unlearning and repair")
+    g.add_argument("--clean-data", help="clean data for the repair (default: the training set minus rows with a "
+                                        "flagged token)")
+    g.add_argument("--victim", help="reuse this trained (backdoored) model folder instead of training one")
+    g.add_argument("--unlearn", default="btu", choices=["btu", "row", "pr1", "pr2", "pn", "none"])
+    g.add_argument("--threshold", default="mean", choices=["mean", "frobenius"],
+                   help="d-bar: mean per-token change (paper) or Frobenius/|V| (authors' code)")
+    g.add_argument("--padding", default="pretrained", choices=["pretrained", "victim", "zero"])
+    g.add_argument("--change-from", default="victim", choices=["victim", "round1"])
+    g.add_argument("--repair-epochs", type=float, default=1.0)
+    g.add_argument("--repair-lr", type=float, default=2e-5)
+    g.add_argument("--no-controls", action="store_true", help="skip the repair-only control model")
+    s.set_defaults(func=cmd_defend)
+
+    s = sub.add_parser("scan", help="BTU detection only: list suspicious tokens and the rows that carry them",
+                       description="Runs BTU's detection rounds on a training set and lists the flagged tokens "
+                       "with their scores, rounds and carrier rows. With ground-truth 'poisoned' flags (a `btu "
+                       "attack` folder, or --attack), also the precision and recall of the flagged rows.",
+                       epilog=epilog)
+    add_common(s, train_required=True)
+    add_attack(s)
+    g = s.add_argument_group("scan")
+    g.add_argument("--export-clean", help="write the training set without the flagged rows to this .tsv file")
+    g.add_argument("--show", type=int, default=5, help="tokens to show example rows for (default 5)")
+    g.add_argument("--examples", type=int, default=2, help="example rows per token (default 2)")
+    g.add_argument("--max-length", type=int, default=128)
+    g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    g.add_argument("--no-progress", action="store_true")
+    add_btu_options(s)
+    s.set_defaults(func=cmd_scan)

@@ -1,0 +1,80 @@
+"""BTUConfig: every choice of the paper and of the authors' code, as explicit options.
+
+Defaults follow the paper unless a benchmark said otherwise; benchmarks/README.md records
+which setting produced which number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ...errors import ConfigError
+
+UNLEARN_METHODS = ("btu", "row", "pr1", "pr2", "pn", "none")
+THRESHOLDS = ("mean", "frobenius")
+PADDINGS = ("pretrained", "victim", "zero")
+CHANGE_FROM = ("victim", "round1")
+
+
+@dataclass
+class BTUConfig:
+    # stage 1: detection
+    rounds: list = field(default_factory=lambda: [1, 2, 3])
+    alpha: float = 0.05  # percent of the vocabulary flagged per round (0.05 -> 15 of 30,522)
+    detect_epochs: float = 1.0
+    detect_batch_size: int = 32  # round 1 (full model, word embeddings only)
+    detect_lr: float = 2e-5
+    shallow_batch_size: int = 32  # rounds 2 and 3 (M*); the authors' code uses 256
+    shallow_lr: float = 2e-5
+    shallow_masked_pooling: bool = True  # False: average padding positions too (authors' code)
+    shallow_pad_to: int | None = None  # authors' code: 128
+    record_every: int | None = None  # distance history every N steps (None: about 100 points a round)
+    # stage 2: unlearning
+    unlearn: str = "btu"  # btu (Eq. 7) | row | pr1 | pr2 | pn | none
+    threshold: str = "mean"  # mean per-token L2 change (paper) | frobenius / |V| (authors' code)
+    change_from: str = "victim"  # whose embedding change decides the dimensions: victim | round1
+    padding: str = "pretrained"  # the replacement values: pretrained [PAD] row | victim's [PAD] row | zero
+    noise_std: float | None = None  # pn: std of the noise (None: std of the pretrained embeddings)
+    # the victim (the model trained normally on the possibly poisoned data)
+    victim_epochs: float = 3.0
+    batch_size: int = 32
+    lr: float = 2e-5
+    max_length: int = 128
+    # clean repair after unlearning
+    repair_epochs: float = 1.0
+    repair_lr: float = 2e-5
+    repair_controls: bool = True  # also train "repair only" (no unlearning) for the report
+    precision: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        self.rounds = sorted({int(r) for r in self.rounds})
+        if not self.rounds or any(r not in (1, 2, 3) for r in self.rounds):
+            raise ConfigError(f"rounds must be a non-empty subset of 1 2 3, not {self.rounds}")
+        if 3 in self.rounds and 2 not in self.rounds:
+            raise ConfigError("round 3 removes round 2's tokens, so it needs round 2")
+        if not 0 < self.alpha <= 100:
+            raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
+        for name, allowed in (("unlearn", UNLEARN_METHODS), ("threshold", THRESHOLDS),
+                              ("padding", PADDINGS), ("change_from", CHANGE_FROM)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.change_from == "round1" and 1 not in self.rounds:
+            raise ConfigError("change_from=round1 needs detection round 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path) -> None:
+        from ...io import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path) -> "BTUConfig":
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

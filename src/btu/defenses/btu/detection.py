@@ -1,0 +1,138 @@
+"""Stage 1 of BTU: expose backdoor tokens by how fast their embedding rows move.
+
+Round 1 trains only the word-embedding matrix of the full classifier; round 2 trains M*
+(embedding block + head, see shallow.py); round 3 trains a fresh M* on the data with
+round 2's tokens removed from input_ids. Each round flags the top alpha percent of the
+vocabulary by Euclidean distance between pretrained and trained rows, special tokens
+excluded by the tokenizer's own list.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ...training import TrainConfig, train
+from .config import BTUConfig
+from .shallow import ShallowClassifier
+
+
+def flag_count(alpha: float, vocab_size: int) -> int:
+    """alpha percent of the vocabulary: 0.05 -> 15 of BERT's 30,522 (at least 1)."""
+    return max(1, int(alpha / 100 * vocab_size))
+
+
+def row_distances(trained: torch.Tensor, pretrained: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of every embedding row from its pretrained value."""
+    return (trained.detach().float() - pretrained.float()).norm(dim=1)
+
+
+def top_tokens(distances: torch.Tensor, k: int, exclude_ids=()) -> list[tuple[int, float]]:
+    d = distances.clone()
+    excl = [i for i in exclude_ids if 0 <= i < len(d)]
+    if excl:
+        d[excl] = float("-inf")
+    k = min(k, int(torch.isfinite(d).sum()))
+    vals, idx = torch.topk(d, k)
+    return [(int(i), float(v)) for i, v in zip(idx, vals)]
+
+
+@dataclass
+class RoundResult:
+    round: int
+    flagged: list  # [(token id, distance)] best first
+    distances: torch.Tensor  # final distance of every vocabulary row
+    history: torch.Tensor  # [records, vocab] distances over training
+    history_steps: list
+    seconds: float
+    final_loss: float
+    trained_embeddings: torch.Tensor | None = None  # round 1's matrix, for change_from=round1
+
+
+@dataclass
+class DetectionResult:
+    rounds: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def token_ids(self) -> list[int]:
+        """T = T' u T'' u T''', in order of first appearance."""
+        seen = []
+        for r in self.rounds:
+            for t, _ in r.flagged:
+                if t not in seen:
+                    seen.append(t)
+        return seen
+
+    def round(self, n: int) -> RoundResult | None:
+        return next((r for r in self.rounds if r.round == n), None)
+
+
+class DistanceRecorder:
+    """on_step callback: every `every` steps, the distance of every vocabulary row."""
+
+    def __init__(self, pretrained: torch.Tensor, every: int):
+        self.pretrained, self.every = pretrained, max(1, every)
+        self.steps, self.rows = [0], [torch.zeros(pretrained.shape[0])]
+
+    def __call__(self, step, model):
+        if step % self.every == 0:
+            self.record(step, model)
+
+    def record(self, step, model):
+        if self.steps[-1] != step:
+            self.steps.append(step)
+            self.rows.append(row_distances(model.get_input_embeddings().weight, self.pretrained).cpu())
+
+    def history(self) -> torch.Tensor:
+        return torch.stack(self.rows)
+
+
+def _run_round(n, model, tokenizer, input_ids, labels, cfg: BTUConfig, pretrained, exclude, trainable,
+               batch_size, lr, k) -> RoundResult:
+    steps = max(1, int(cfg.detect_epochs * -(-len(input_ids) // batch_size)))
+    recorder = DistanceRecorder(pretrained, cfg.record_every or max(1, steps // 100))
+    tcfg = TrainConfig(epochs=cfg.detect_epochs, batch_size=batch_size, lr=lr, max_length=cfg.max_length,
+                       trainable=trainable, precision=cfg.precision, seed=cfg.seed + 100 * n,
+                       progress=cfg.progress, desc=f"BTU detection round {n}")
+    start = time.perf_counter()
+    res = train(model, tokenizer, input_ids=input_ids, labels=labels, config=tcfg, on_step=recorder)
+    weight = model.get_input_embeddings().weight
+    recorder.record(res.steps, model)
+    dist = row_distances(weight, pretrained).cpu()
+    return RoundResult(n, top_tokens(dist, k, exclude), dist, recorder.history(), recorder.steps,
+                       time.perf_counter() - start, res.final_loss,
+                       weight.detach().float().cpu().clone() if n == 1 else None)
+
+
+def detect(model, tokenizer, input_ids, labels, num_labels: int, cfg: BTUConfig) -> DetectionResult:
+    """Run the configured rounds on copies of `model` (a pretrained classifier, left untouched)."""
+    start = time.perf_counter()
+    pretrained = model.get_input_embeddings().weight.detach().float().cpu().clone()
+    vocab = pretrained.shape[0]
+    k = flag_count(cfg.alpha, vocab)
+    exclude = set(tokenizer.all_special_ids)
+    out = DetectionResult()
+    if 1 in cfg.rounds:
+        m = copy.deepcopy(model)
+        out.rounds.append(_run_round(1, m, tokenizer, input_ids, labels, cfg, pretrained, exclude, "embeddings",
+                                     cfg.detect_batch_size, cfg.detect_lr, k))
+        del m
+    if 2 in cfg.rounds:
+        torch.manual_seed(cfg.seed + 200)
+        m = ShallowClassifier(model, num_labels, cfg.shallow_masked_pooling, cfg.shallow_pad_to)
+        r2 = _run_round(2, m, tokenizer, input_ids, labels, cfg, pretrained, exclude, "all",
+                        cfg.shallow_batch_size, cfg.shallow_lr, k)
+        out.rounds.append(r2)
+        if 3 in cfg.rounds:
+            removed = {t for t, _ in r2.flagged}
+            ids3 = [[t for t in row if t not in removed] for row in input_ids]
+            torch.manual_seed(cfg.seed + 300)
+            m = ShallowClassifier(model, num_labels, cfg.shallow_masked_pooling, cfg.shallow_pad_to)
+            out.rounds.append(_run_round(3, m, tokenizer, ids3, labels, cfg, pretrained, exclude | removed, "all",
+                                         cfg.shallow_batch_size, cfg.shallow_lr, k))
+    out.seconds = time.perf_counter() - start
+    return out

@@ -1,0 +1,222 @@
+"""BTU end to end: detect on the (possibly poisoned) training set, train the victim
+normally, unlearn the flagged tokens, repair with clean data, and report the controls
+(unlearning only, repair only) so BTU's effect is not confused with fine-tuning's."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ...data import TextDataset, load_source
+from ...training import TrainConfig, evaluate, train
+from ...training.batching import encode
+from ...training.seeding import seed_everything
+from ..base import register_defense
+from .config import BTUConfig
+from .detection import DetectionResult, detect
+from .unlearning import unlearn_rows
+
+
+@dataclass
+class BTUResult:
+    model: object  # the defended classifier (unlearned + repaired)
+    tokenizer: object
+    flagged: list  # one dict per flagged token: id, token, rounds, rows, poisoned_rows
+    detection: DetectionResult
+    report: dict
+    config: BTUConfig
+    models: dict = field(default_factory=dict)  # victim, unlearned, repair_only (when kept)
+
+
+def rows_containing(input_ids, token_ids) -> dict[int, list[int]]:
+    wanted = set(token_ids)
+    out = {t: [] for t in token_ids}
+    for r, row in enumerate(input_ids):
+        for t in wanted.intersection(row):
+            out[t].append(r)
+    return out
+
+
+def describe_flagged(detection: DetectionResult, tokenizer, input_ids, dataset: TextDataset) -> list[dict]:
+    """Per flagged token: its string, rank and distance per round, the rows that carry it."""
+    ids = detection.token_ids
+    carriers = rows_containing(input_ids, ids)
+    flags = dataset.poisoned
+    out = []
+    for t in ids:
+        rounds = {}
+        for r in detection.rounds:
+            for rank, (tid, dist) in enumerate(r.flagged, 1):
+                if tid == t:
+                    rounds[r.round] = {"rank": rank, "distance": dist}
+        rows = carriers[t]
+        out.append({"id": t, "token": tokenizer.convert_ids_to_tokens(t), "rounds": rounds,
+                    "score": max(v["distance"] for v in rounds.values()), "rows": len(rows),
+                    "poisoned_rows": sum(1 for r in rows if flags[r]) if flags is not None else None,
+                    "row_ids": rows})
+    return out
+
+
+def flagged_row_stats(flagged: list[dict], dataset: TextDataset) -> dict:
+    """How many rows carry a flagged token; with ground truth, precision and recall of those rows."""
+    rows = set()
+    for f in flagged:
+        rows.update(f["row_ids"])
+    stats = {"flagged_rows": len(rows), "rows": len(dataset)}
+    if dataset.poisoned is not None:
+        poisoned = {i for i, p in enumerate(dataset.poisoned) if p}
+        hit = len(rows & poisoned)
+        stats.update(poisoned_rows=len(poisoned), true_positives=hit,
+                     precision=100.0 * hit / len(rows) if rows else float("nan"),
+                     recall=100.0 * hit / len(poisoned) if poisoned else float("nan"))
+    return stats
+
+
+def _as_dataset(data, role, label_names=None) -> TextDataset | None:
+    if data is None or isinstance(data, TextDataset):
+        return data
+    return load_source(data, role, label_names)
+
+
+def scan(train_data, model="minilm", config: BTUConfig | None = None, tokenizer=None):
+    """Detection only: (flagged tokens, detection result, row stats)."""
+    from ...models import load_classifier
+
+    cfg = config or BTUConfig()
+    dataset = _as_dataset(train_data, "train")
+    seed_everything(cfg.seed)
+    base, tok = (model, tokenizer) if tokenizer is not None else load_classifier(model, label_names=dataset.label_names)
+    ids = encode(tok, dataset.texts, cfg.max_length)
+    det = detect(base, tok, ids, dataset.labels, dataset.num_labels, cfg)
+    flagged = describe_flagged(det, tok, ids, dataset)
+    return flagged, det, flagged_row_stats(flagged, dataset)
+
+
+def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=None, target=None,
+           config: BTUConfig | None = None, victim=None, keep_models: bool = False,
+           allow_pickle=False, trust_remote_code=False) -> BTUResult:
+    """Train a clean classifier from possibly poisoned `train_data` with BTU.
+
+    train_data / clean_data / test / poison_test: TextDatasets or data sources (file, folder,
+    built-in name). poison_test holds non-target rows carrying the trigger; with `target`
+    (a label name or index) the report has ASR. victim: an already trained backdoored model
+    folder (or model object) to reuse instead of training one. Without clean_data, the repair
+    set is the training set minus the rows that contain a flagged token.
+    """
+    from ...models import load_classifier
+
+    cfg = config or BTUConfig()
+    timings = {}
+    dataset = _as_dataset(train_data, "train")
+    names = dataset.label_names
+    test_ds = _as_dataset(test, "test", names)
+    ptest_ds = _as_dataset(poison_test, "test", names)
+    target_id = dataset.label_id(target) if target is not None and ptest_ds is not None else None
+    seed_everything(cfg.seed)
+    base, tok = load_classifier(model, label_names=names, allow_pickle=allow_pickle,
+                                trust_remote_code=trust_remote_code)
+    pretrained = base.get_input_embeddings().weight.detach().float().cpu().clone()
+    ids = encode(tok, dataset.texts, cfg.max_length)
+
+    # stage 1: detection
+    det = detect(base, tok, ids, dataset.labels, dataset.num_labels, cfg)
+    timings["detection"] = det.seconds
+    flagged = describe_flagged(det, tok, ids, dataset)
+    token_ids = det.token_ids
+
+    def tcfg(epochs, lr, desc, seed_offset):
+        return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, max_length=cfg.max_length,
+                           precision=cfg.precision, seed=cfg.seed + seed_offset, progress=cfg.progress, desc=desc)
+
+    def measure(m):
+        return evaluate(m, tok, test_ds, ptest_ds, target_id, precision=cfg.precision) if test_ds or ptest_ds else {}
+
+    # the victim: trained normally on the possibly poisoned data
+    start = time.perf_counter()
+    if victim is None:
+        vmodel = copy.deepcopy(base)
+        vres = train(vmodel, tok, input_ids=ids, labels=dataset.labels,
+                     config=tcfg(cfg.victim_epochs, cfg.lr, "victim training", 0))
+        timings["victim_training"] = vres.seconds
+        timings["victim_epoch"] = vres.seconds / max(cfg.victim_epochs, 1e-9)
+    else:
+        vmodel = victim if not isinstance(victim, str) else load_classifier(victim, allow_pickle=allow_pickle)[0]
+        timings["victim_training"] = 0.0
+    del base
+    rows = [{"model": "no defense", **measure(vmodel)}]
+
+    # stage 2: unlearning
+    unlearned = copy.deepcopy(vmodel)
+    weight = unlearned.get_input_embeddings().weight
+    changed = det.round(1).trained_embeddings if cfg.change_from == "round1" else None
+    info = unlearn_rows(weight.data, pretrained, token_ids, cfg.unlearn, cfg.threshold, cfg.padding,
+                        tok.pad_token_id, changed=changed, noise_std=cfg.noise_std, seed=cfg.seed)
+    rows.append({"model": "unlearning only", **measure(unlearned)})
+
+    # repair on clean data
+    if clean_data is not None:
+        repair_ds = _as_dataset(clean_data, "train", names)
+        repair_ids = encode(tok, repair_ds.texts, cfg.max_length)
+        repair_source = repair_ds.source or "clean data"
+    else:
+        carriers = set()
+        for f in flagged:
+            carriers.update(f["row_ids"])
+        keep = [i for i in range(len(dataset)) if i not in carriers]
+        repair_ds = dataset.subset(keep)
+        repair_ids = [ids[i] for i in keep]
+        repair_source = f"training set minus {len(carriers)} rows with a flagged token"
+    start = time.perf_counter()
+    defended = unlearned
+    if cfg.repair_epochs > 0 and len(repair_ds):
+        defended = copy.deepcopy(unlearned)
+        train(defended, tok, input_ids=repair_ids, labels=repair_ds.labels,
+              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "BTU repair", 1))
+    timings["repair"] = time.perf_counter() - start
+    rows.append({"model": "BTU (unlearning + repair)", **measure(defended)})
+    repair_only = None
+    if cfg.repair_controls and cfg.repair_epochs > 0 and len(repair_ds):
+        start = time.perf_counter()
+        repair_only = copy.deepcopy(vmodel)
+        train(repair_only, tok, input_ids=repair_ids, labels=repair_ds.labels,
+              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "control: repair only", 1))
+        timings["repair_only_control"] = time.perf_counter() - start
+        rows.append({"model": "repair only (no unlearning)", **measure(repair_only)})
+
+    report = {
+        "rows": rows,
+        "flagged": [{k: v for k, v in f.items() if k != "row_ids"} for f in flagged],
+        "flagged_rows": flagged_row_stats(flagged, dataset),
+        "unlearning": {k: v for k, v in info.items() if k != "replaced_dims"}
+        | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}},
+        "repair": {"source": repair_source, "rows": len(repair_ds), "epochs": cfg.repair_epochs, "lr": cfg.repair_lr},
+        "rounds": [{"round": r.round, "seconds": r.seconds, "final_loss": r.final_loss,
+                    "flagged": [[tok.convert_ids_to_tokens(t), d] for t, d in r.flagged]} for r in det.rounds],
+        "timings": timings,
+        "data": {"train": dataset.source, "rows": len(dataset), "test": getattr(test_ds, "source", None),
+                 "poison_test": getattr(ptest_ds, "source", None),
+                 "target": names[target_id] if target_id is not None else None},
+        "config": cfg.to_dict(),
+    }
+    models = {"victim": vmodel, "unlearned": unlearned, "repair_only": repair_only} if keep_models else {}
+    return BTUResult(defended, tok, flagged, det, report, cfg, models)
+
+
+def save_distances(detection: DetectionResult, path) -> None:
+    """Each round's distance history (records x vocabulary) as safetensors, for Figure 1."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for r in detection.rounds:
+        tensors[f"round{r.round}.history"] = r.history.to(torch.float32).contiguous()
+        tensors[f"round{r.round}.steps"] = torch.tensor(r.history_steps, dtype=torch.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+
+
+register_defense("btu", "train", BTUConfig, defend)

@@ -1,0 +1,151 @@
+"""The pieces every command composes: load the splits, poison them, train, evaluate, save.
+
+Kept here (not in the CLI) so Python users, benchmarks and later grid runners call the
+same code the command line does.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .attacks import make_attack
+from .data import TextDataset, load_source, write_file
+from .data.sources import has_split
+from .errors import ConfigError
+from .io import atomic_write_json
+from .models import DEFAULT_MODEL, load_classifier, model_label_names, save_model
+from .training import TrainConfig, evaluate, train
+
+
+@dataclass
+class DataConfig:
+    """Where the splits come from. dev/test default to the training source's own splits."""
+
+    train: str = "rotten-tomatoes"
+    dev: str | None = None
+    test: str | None = None
+    poison_test: str | None = None  # the source of ASR rows; default: the test set
+    text_column: str | None = None
+    label_column: str | None = None
+    limit: int | None = None  # keep a seeded random subset of this many training rows
+
+
+@dataclass
+class AttackConfig:
+    name: str | None = None  # None: no attack (the data may already be poisoned)
+    rate: float = 0.1
+    target: str = "1"  # a label name or index
+    label_policy: str = "dirty"
+    options: dict = field(default_factory=dict)  # attack-specific: triggers, insertions, sentence, column
+
+
+@dataclass
+class Splits:
+    train: TextDataset
+    dev: TextDataset | None
+    test: TextDataset | None
+    poison_test: TextDataset | None = None  # non-target rows with the trigger: the ASR set
+    target: int | None = None
+
+
+def load_splits(cfg: DataConfig, seed: int = 0, label_names=None) -> Splits:
+    kw = dict(text_column=cfg.text_column, label_column=cfg.label_column)
+    train_ds = load_source(cfg.train, "train", label_names, **kw)
+    names = train_ds.label_names
+    if cfg.limit and cfg.limit < len(train_ds):
+        rng = random.Random(f"{seed}:limit")
+        train_ds = train_ds.subset(sorted(rng.sample(range(len(train_ds)), cfg.limit)))
+
+    def split(spec, role):
+        if spec is None:
+            if not has_split(cfg.train, role) and not (role == "test" and has_split(cfg.train, "dev")):
+                return None
+            spec = cfg.train
+        return load_source(spec, role, names, **kw)
+
+    dev = split(cfg.dev, "dev")
+    test = split(cfg.test, "test")
+    poison_test = None
+    if cfg.poison_test is not None:
+        poison_test = load_source(cfg.poison_test, "test", names, **kw)
+    elif cfg.test is None and has_split(cfg.train, "poison-test"):
+        poison_test = load_source(cfg.train, "poison-test", names, **kw)  # `btu attack` output
+    return Splits(train_ds, dev, test, poison_test)
+
+
+def apply_attack(splits: Splits, acfg: AttackConfig, seed: int) -> tuple[Splits, dict]:
+    """Poison the training set and build the ASR set; returns the new splits and the attack's config."""
+    if acfg.name is None:
+        if splits.poison_test is not None:
+            splits.target = splits.train.label_id(acfg.target)
+        return splits, {}
+    target = splits.train.label_id(acfg.target)
+    attack = make_attack(acfg.name, rate=acfg.rate, target=target, label_policy=acfg.label_policy, **acfg.options)
+    train_p = attack.poison_train(splits.train, seed)
+    source = splits.poison_test if splits.poison_test is not None else splits.test
+    if source is None:
+        raise ConfigError("no test set to build the attack's ASR rows from; give --test")
+    poison_test = attack.poison_test(source, seed)
+    return Splits(train_p, splits.dev, splits.test, poison_test, target), attack.config()
+
+
+def write_splits(splits: Splits, out: Path) -> None:
+    write_file(splits.train, out / "train.tsv")
+    if splits.dev is not None:
+        write_file(splits.dev, out / "dev.tsv")
+    if splits.test is not None:
+        write_file(splits.test, out / "test.tsv")
+    if splits.poison_test is not None:
+        write_file(splits.poison_test, out / "test-poisoned.tsv")
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "machine": platform.machine(),
+            "cuda": torch.cuda.is_available()}
+
+
+def evaluate_splits(model, tokenizer, splits: Splits, precision="auto") -> dict:
+    return evaluate(model, tokenizer, splits.test, splits.poison_test, splits.target, precision=precision)
+
+
+def train_model(splits: Splits, model_spec: str = DEFAULT_MODEL, tcfg: TrainConfig | None = None,
+                allow_pickle=False, trust_remote_code=False):
+    """A fresh classifier from model_spec fine-tuned on splits.train. Returns (model, tokenizer, TrainResult)."""
+    tcfg = tcfg or TrainConfig()
+    model, tok = load_classifier(model_spec, label_names=splits.train.label_names,
+                                 allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    result = train(model, tok, splits.train.texts, splits.train.labels, tcfg)
+    return model, tok, result
+
+
+def save_run(out: Path, model, tokenizer, metrics: dict, config: dict) -> None:
+    """out/model (a Hugging Face folder), out/metrics.json, out/config.json: all atomic."""
+    out.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        save_model(model, tokenizer, out / "model")
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "config.json", config)
+
+
+def load_config(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def run_config(command: str, seed: int, model: str, data: DataConfig, attack: dict | None = None,
+               train_cfg: TrainConfig | None = None, **extra) -> dict:
+    return {"command": command, "seed": seed, "model": model, "data": asdict(data),
+            "attack": attack or None, "train": train_cfg.to_dict() if train_cfg else None,
+            "environment": environment(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+
+
+def label_names_of(model) -> list[str]:
+    return model_label_names(model)

@@ -1,0 +1,8 @@
+"""Training and evaluation: one loop for every model and defense."""
+
+from .evaluate import accuracy, attack_success_rate, evaluate, predict
+from .loop import TrainConfig, TrainResult, set_trainable, train
+from .seeding import seed_everything
+
+__all__ = ["TrainConfig", "TrainResult", "train", "set_trainable", "predict", "evaluate", "accuracy",
+           "attack_success_rate", "seed_everything"]

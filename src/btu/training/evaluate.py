@@ -1,0 +1,54 @@
+"""Predictions and the two numbers every backdoor paper reports: CACC and ASR."""
+
+from __future__ import annotations
+
+import torch
+
+from .batching import collate, encode, length_bucketed_batches
+from .loop import autocast, resolve_device, resolve_precision
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts=None, input_ids=None, batch_size: int = 128, max_length: int = 128,
+            precision: str = "auto", device: str = "auto") -> list[int]:
+    """Argmax class per row, in the input's order."""
+    if input_ids is None:
+        input_ids = encode(tokenizer, texts, max_length)
+    if not input_ids:
+        return []
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    was_training = model.training
+    model.to(dev).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    side = getattr(tokenizer, "padding_side", "right")
+    preds = [0] * len(input_ids)
+    for batch in length_bucketed_batches([len(x) for x in input_ids], batch_size, seed=0, shuffle=False):
+        ids, mask = collate([input_ids[i] for i in batch], pad_id, padding_side=side)
+        with autocast(dev, prec):
+            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+        for i, p in zip(batch, logits.argmax(-1).tolist()):
+            preds[i] = p
+    model.train(was_training)
+    return preds
+
+
+def accuracy(preds, labels) -> float:
+    return 100.0 * sum(int(p == y) for p, y in zip(preds, labels)) / len(labels) if labels else float("nan")
+
+
+def attack_success_rate(preds, target: int) -> float:
+    """Percent of poisoned non-target rows predicted as the target label."""
+    return 100.0 * sum(int(p == target) for p in preds) / len(preds) if preds else float("nan")
+
+
+def evaluate(model, tokenizer, clean_test=None, poisoned_test=None, target: int | None = None, **kw) -> dict:
+    """{'cacc': ..., 'asr': ...} on a clean test set and a poisoned one (non-target rows only)."""
+    out = {}
+    if clean_test is not None:
+        out["cacc"] = accuracy(predict(model, tokenizer, clean_test.texts, **kw), clean_test.labels)
+        out["n_clean"] = len(clean_test)
+    if poisoned_test is not None and target is not None:
+        out["asr"] = attack_success_rate(predict(model, tokenizer, poisoned_test.texts, **kw), target)
+        out["n_poisoned"] = len(poisoned_test)
+    return out
