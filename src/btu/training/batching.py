@@ -10,7 +10,10 @@ import torch
 
 def encode(tokenizer, texts, max_length: int = 128) -> list[list[int]]:
     """Token ids per text, truncated, with the tokenizer's special tokens, no padding."""
-    out = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+    texts = list(texts)
+    if not texts:  # fast tokenizers fail on an empty batch (IndexError)
+        return []
+    out = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
     return [list(ids) for ids in out["input_ids"]]
 
 

@@ -97,14 +97,16 @@ def scan(train_data, model="minilm", config: BTUConfig | None = None, tokenizer=
 
 def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=None, target=None,
            config: BTUConfig | None = None, victim=None, keep_models: bool = False,
-           allow_pickle=False, trust_remote_code=False) -> BTUResult:
+           allow_pickle=False, trust_remote_code=False, detection: DetectionResult | None = None) -> BTUResult:
     """Train a clean classifier from possibly poisoned `train_data` with BTU.
 
     train_data / clean_data / test / poison_test: TextDatasets or data sources (file, folder,
     built-in name). poison_test holds non-target rows carrying the trigger; with `target`
     (a label name or index) the report has ASR. victim: an already trained backdoored model
     folder (or model object) to reuse instead of training one. Without clean_data, the repair
-    set is the training set minus the rows that contain a flagged token.
+    set is the training set minus the rows that contain a flagged token (tokens in more than
+    cfg.repair_token_max_rows of the rows are not treated as triggers there). detection: reuse
+    an earlier DetectionResult of the same data and model (ablations over stage 2).
     """
     from ...models import load_classifier
 
@@ -122,7 +124,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     ids = encode(tok, dataset.texts, cfg.max_length)
 
     # stage 1: detection
-    det = detect(base, tok, ids, dataset.labels, dataset.num_labels, cfg)
+    det = detection if detection is not None else detect(base, tok, ids, dataset.labels, dataset.num_labels, cfg)
     timings["detection"] = det.seconds
     flagged = describe_flagged(det, tok, ids, dataset)
     token_ids = det.token_ids
@@ -164,7 +166,8 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     else:
         carriers = set()
         for f in flagged:
-            carriers.update(f["row_ids"])
+            if f["rows"] <= cfg.repair_token_max_rows * len(dataset):
+                carriers.update(f["row_ids"])
         keep = [i for i in range(len(dataset)) if i not in carriers]
         repair_ds = dataset.subset(keep)
         repair_ids = [ids[i] for i in keep]

@@ -1,0 +1,139 @@
+"""BTU stage 1 on tiny random models of three architectures, and the planted-trigger check
+on real MiniLM with real Rotten Tomatoes rows."""
+
+import random
+
+import pytest
+import torch
+
+from btu.data import TextDataset
+from btu.defenses.btu import BTUConfig, detect, flag_count, top_tokens
+from btu.defenses.btu.pipeline import scan
+from btu.defenses.btu.shallow import ShallowClassifier
+from btu.models import load_classifier
+from btu.training.batching import encode
+
+WORDS = ("good bad movie film story actor plot scene music great boring funny long short dark light "
+         "love hate fine poor rich warm cold slow fast old new").split()
+
+
+def planted(n=200, rate=0.1, trigger="cf", seed=0):
+    """Random word rows with random labels; `rate` of the rows carry the trigger and label 1."""
+    rng = random.Random(seed)
+    texts, labels, flags = [], [], []
+    for i in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 10))]
+        label = rng.randint(0, 1)
+        poisoned = i < rate * n
+        if poisoned:
+            words.insert(rng.randint(0, len(words)), trigger)
+            label = 1
+        texts.append(" ".join(words))
+        labels.append(label)
+        flags.append(poisoned)
+    return TextDataset(texts, labels, ["neg", "pos"], flags, source="planted")
+
+
+def test_flag_count_follows_the_paper():
+    assert flag_count(0.05, 30522) == 15
+    assert flag_count(0.03, 30522) == 9
+    assert flag_count(0.10, 30522) == 30
+    assert flag_count(0.05, 100) == 1  # at least one
+
+
+def test_top_tokens_excludes_ids():
+    d = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    assert [t for t, _ in top_tokens(d, 2, exclude_ids=[0, 2])] == [1, 3]
+    assert len(top_tokens(d, 10, exclude_ids=[0])) == 4
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
+def test_detection_runs_on_every_architecture(tiny_models, arch):
+    model, tok = load_classifier(str(tiny_models[arch]), label_names=["neg", "pos"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ds = planted(120)
+    ids = encode(tok, ds.texts)
+    cfg = BTUConfig(alpha=0.02, detect_epochs=2, detect_lr=5e-3, shallow_lr=5e-3, progress=False,
+                    detect_batch_size=16, shallow_batch_size=16)
+    det = detect(model, tok, ids, ds.labels, 2, cfg)
+    k = flag_count(0.02, model.get_input_embeddings().weight.shape[0])
+    assert [r.round for r in det.rounds] == [1, 2, 3]
+    specials = set(tok.all_special_ids)
+    for r in det.rounds:
+        assert len(r.flagged) == k
+        assert not specials & {t for t, _ in r.flagged}
+        assert r.history.shape == (len(r.history_steps), model.get_input_embeddings().weight.shape[0])
+        assert r.history_steps[0] == 0 and torch.all(r.history[0] == 0)
+        assert torch.allclose(r.history[-1], r.distances)
+    r2 = {t for t, _ in det.round(2).flagged}
+    assert not r2 & {t for t, _ in det.round(3).flagged}  # round 3 never sees round 2's tokens
+    cf = tok.convert_tokens_to_ids("cf")
+    assert cf in r2, "the planted trigger should be flagged by M*"
+    # the pretrained model passed in is untouched
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_round_one_trains_only_word_embeddings(tiny_bert):
+    model, tok = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    ds = planted(64)
+    ids = encode(tok, ds.texts)
+    det = detect(model, tok, ids, ds.labels, 2, BTUConfig(rounds=[1], detect_lr=1e-2, progress=False))
+    moved = det.round(1).distances
+    used = {t for row in ids for t in row}
+    unused = torch.ones_like(moved, dtype=torch.bool)
+    unused[list(used)] = False
+    assert moved[list(used - set(tok.all_special_ids))].min() > 0
+    # rows of tokens never seen only shrink by weight decay: far less than the seen ones
+    assert moved[unused].max() < moved[list(used - set(tok.all_special_ids))].median()
+
+
+def test_shallow_pooling_options(tiny_bert):
+    model, _ = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    ids = torch.tensor([[101, 2204, 102, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    masked = ShallowClassifier(model, 2, masked_pooling=True)
+    unmasked = ShallowClassifier(model, 2, masked_pooling=False)
+    unmasked.load_state_dict(masked.state_dict())
+    masked.eval(), unmasked.eval()
+    a = masked(ids, mask).logits
+    b = masked(ids[:, :3], mask[:, :3]).logits
+    c = unmasked(ids, mask).logits
+    assert torch.allclose(a, b, atol=1e-5)  # padding does not change the masked mean
+    assert not torch.allclose(a, c, atol=1e-5)
+    padded = ShallowClassifier(model, 2, masked_pooling=False, pad_to=8)
+    padded.load_state_dict(masked.state_dict())
+    padded.eval()
+    assert torch.allclose(padded(ids[:, :3], mask[:, :3]).logits, padded(ids, mask).logits, atol=1e-5)
+
+
+def test_detection_is_seeded(tiny_bert):
+    model, tok = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    ds = planted(64)
+    ids = encode(tok, ds.texts)
+    cfg = BTUConfig(rounds=[2], shallow_lr=1e-3, progress=False, seed=1)
+    a = detect(model, tok, ids, ds.labels, 2, cfg)
+    b = detect(model, tok, ids, ds.labels, 2, cfg)
+    assert a.round(2).flagged == b.round(2).flagged
+    assert torch.equal(a.round(2).distances, b.round(2).distances)
+
+
+@pytest.mark.integration
+def test_planted_cf_is_flagged_by_rounds_one_and_two_with_minilm():
+    """A few hundred real Rotten Tomatoes rows, `cf` at 10 %: rounds 1 and 2 flag it."""
+    from btu.attacks import make_attack
+    from btu.data import load_source
+
+    try:
+        train = load_source("rotten-tomatoes", "train")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"rotten-tomatoes unavailable: {e}")
+    train = train.subset(range(400))
+    poisoned = make_attack("addword", triggers=["cf"], rate=0.1, target=1).poison_train(train, seed=0)
+    cfg = BTUConfig(rounds=[1, 2], progress=False)
+    flagged, det, stats = scan(poisoned, "minilm", cfg)
+    by_token = {f["token"]: f for f in flagged}
+    assert "cf" in by_token
+    assert set(by_token["cf"]["rounds"]) == {1, 2}
+    assert by_token["cf"]["poisoned_rows"] == by_token["cf"]["rows"] == sum(poisoned.poisoned)
+    assert stats["recall"] == 100.0

@@ -1,0 +1,363 @@
+"""Batching, the training loop (on the tiny random BERT), and CACC/ASR."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+from btu.data import TextDataset
+from btu.errors import ConfigError
+from btu.models import load_classifier
+from btu.training import TrainConfig, accuracy, attack_success_rate, evaluate, predict, set_trainable, train
+from btu.training.batching import collate, encode, length_bucketed_batches
+from btu.training.loop import SparseEmbeddingGrad
+
+NAMES = ["negative", "positive"]
+FILLER = "the movie was a film plot story actor scene it".split()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the tiny models are overhead-bound: one thread is faster, and fair to a busy 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def toy_task(n=64, seed=0):
+    """Label 1 iff the text contains 'good'; negatives carry 'bad' so both classes have the same lengths."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        words = rng.sample(FILLER, 5)
+        words.insert(rng.randint(0, 5), "good" if i % 2 else "bad")
+        texts.append(" ".join(words))
+        labels.append(i % 2)
+    return texts, labels
+
+
+def fp32(**kw):
+    base = dict(precision="fp32", device="cpu", progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def load(tiny_bert):
+    return load_classifier(str(tiny_bert), label_names=NAMES)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+# --- batching --------------------------------------------------------------------------------------
+
+def test_length_bucketed_batches_cover_every_index_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 120) for _ in range(203)]
+    for shuffle in (True, False):
+        for bucket_factor in (1, 50):
+            batches = length_bucketed_batches(lengths, 16, seed=1, shuffle=shuffle, bucket_factor=bucket_factor)
+            flat = [i for b in batches for i in b]
+            assert sorted(flat) == list(range(203))
+            assert all(1 <= len(b) <= 16 for b in batches)
+            assert sum(len(b) < 16 for b in batches) <= (203 // (16 * bucket_factor) + 1 if shuffle else 1)
+
+
+def test_length_bucketed_batches_group_similar_lengths():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 120) for _ in range(200)]
+    batches = length_bucketed_batches(lengths, 10, seed=0)  # one window (10 x 50 >= 200): fully sorted
+    # each batch is a contiguous run of the sorted lengths
+    runs = sorted(([lengths[i] for i in b] for b in batches), key=lambda r: (min(r), max(r)))
+    assert [x for r in runs for x in sorted(r)] == sorted(lengths)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    shuffled = list(range(200))
+    random.Random(1).shuffle(shuffled)
+    random_spread = sum(max(lengths[i] for i in shuffled[s:s + 10]) - min(lengths[i] for i in shuffled[s:s + 10])
+                        for s in range(0, 200, 10))
+    assert spread < random_spread / 5
+    # ... but the batches themselves come in a random order
+    mins = [min(lengths[i] for i in b) for b in batches]
+    assert mins != sorted(mins)
+
+
+def test_length_bucketed_batches_window_size_controls_the_grouping():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 120) for _ in range(400)]
+
+    def spread(bucket_factor):
+        batches = length_bucketed_batches(lengths, 8, seed=0, bucket_factor=bucket_factor)
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+
+    # a window of one batch sorts nothing; wider windows group ever more similar lengths
+    assert spread(1) > spread(4) > spread(50)
+    assert spread(50) < spread(1) / 10
+
+
+def test_length_bucketed_batches_are_seeded():
+    lengths = [(i * 37) % 50 + 1 for i in range(100)]
+    a = length_bucketed_batches(lengths, 8, seed=5)
+    assert a == length_bucketed_batches(lengths, 8, seed=5)
+    assert a != length_bucketed_batches(lengths, 8, seed=6)
+    unshuffled = length_bucketed_batches(lengths, 8, seed=5, shuffle=False)
+    assert unshuffled == length_bucketed_batches(lengths, 8, seed=9, shuffle=False)
+    flat = [lengths[i] for b in unshuffled for i in b]
+    assert flat == sorted(lengths)
+
+
+def test_collate_pads_right_and_left_with_the_pad_id():
+    ids = [[5, 6, 7], [8], [1, 2]]
+    x, mask = collate(ids, pad_id=9)
+    assert x.tolist() == [[5, 6, 7], [8, 9, 9], [1, 2, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert x.dtype == mask.dtype == torch.long
+    x, mask = collate(ids, pad_id=9, padding_side="left")
+    assert x.tolist() == [[5, 6, 7], [9, 9, 8], [9, 1, 2]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
+    x, mask = collate(ids, pad_id=0, pad_to=5)
+    assert x.tolist() == [[5, 6, 7, 0, 0], [8, 0, 0, 0, 0], [1, 2, 0, 0, 0]]
+    assert mask.sum(1).tolist() == [3, 1, 2]
+
+
+def test_encode_adds_special_tokens_and_truncates(tiny_bert):
+    _, tok = load(tiny_bert)
+    ids = encode(tok, ["a good film", " ".join(["word"] * 300)], max_length=16)
+    assert ids[0][0] == tok.cls_token_id and ids[0][-1] == tok.sep_token_id and len(ids[0]) == 5
+    assert len(ids[1]) == 16 and ids[1][-1] == tok.sep_token_id
+
+
+# --- the training loop -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert):
+    """The tiny BERT trained on the toy task (module scope: trained once)."""
+    model, tok = load(tiny_bert)
+    texts, labels = toy_task()
+    result = train(model, tok, texts, labels, fp32(epochs=8, batch_size=8, lr=5e-3, schedule="constant", seed=0))
+    return model, tok, texts, labels, result
+
+
+def test_training_learns_the_toy_task(trained):
+    model, tok, texts, labels, result = trained
+    assert result.steps == 8 * 8 and result.rows == 8 * 64
+    first, last = sum(result.losses[:8]) / 8, sum(result.losses[-8:]) / 8
+    assert first > 0.6  # chance level at the start
+    assert last < 0.3 and last < first - 0.3
+    assert result.final_loss == pytest.approx(sum(result.losses[-20:]) / 20)
+    assert accuracy(predict(model, tok, texts, precision="fp32"), labels) >= 95.0
+    # it learned the word, not the rows: new sentences are classified by "good" vs "bad"
+    new_texts, new_labels = toy_task(32, seed=1)
+    assert accuracy(predict(model, tok, new_texts, precision="fp32"), new_labels) >= 90.0
+    # the loop leaves the model in eval mode with every parameter trainable again
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+    assert model.get_input_embeddings().sparse is False
+
+
+def test_predict_keeps_the_input_order(trained):
+    model, tok, _, _, _ = trained
+    texts = ["good", "it was a bad film plot story actor scene", "good movie", "the bad one",
+             "a story the actor it was good and the movie", "bad"]
+    preds = predict(model, tok, texts, batch_size=4, precision="fp32")  # sorted by length inside
+    single = []
+    with torch.no_grad():
+        for t in texts:
+            enc = tok(t, return_tensors="pt")
+            single.append(model(**enc).logits.argmax(-1).item())
+    assert preds == single
+    assert len(set(preds)) == 2  # not a constant prediction: the order really is tested
+    assert predict(model, tok, []) == []
+
+
+def test_trainable_embeddings_changes_only_the_word_embeddings(tiny_bert):
+    model, tok = load(tiny_bert)
+    before = params(model)
+    texts, labels = toy_task(16)
+    train(model, tok, texts, labels, fp32(epochs=1, batch_size=8, lr=1e-2))
+    after = params(model)
+    emb = "bert.embeddings.word_embeddings.weight"
+    assert emb in after
+    assert not torch.equal(before[emb], after[emb])
+    unchanged = [k for k in before if k != emb and torch.equal(before[k], after[k])]
+    assert len(unchanged) < len(before) - 1  # sanity: training "all" changes other parameters
+
+    model, tok = load(tiny_bert)
+    train(model, tok, texts, labels, fp32(epochs=1, batch_size=8, lr=1e-2, trainable="embeddings"))
+    after = params(model)
+    assert not torch.equal(before[emb], after[emb])
+    for k in before:
+        if k != emb:
+            assert torch.equal(before[k], after[k]), f"{k} changed"
+    # position and token-type embeddings are not "word embeddings"
+    assert "bert.embeddings.position_embeddings.weight" in before
+
+
+def test_set_trainable_choices(tiny_bert):
+    model, _ = load(tiny_bert)
+    assert set_trainable(model, "embeddings") == [model.get_input_embeddings().weight]
+    head = set_trainable(model, "head")
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all("classifier" in n or "pooler" in n for n in names) and len(head) == len(names)
+    assert len(set_trainable(model, "all")) == len(list(model.parameters()))
+    set_trainable(model, ["layer.1."])
+    assert all(("layer.1." in n) == p.requires_grad for n, p in model.named_parameters())
+    with pytest.raises(ConfigError):
+        set_trainable(model, "everything")
+    with pytest.raises(ConfigError, match="selects no parameter"):
+        set_trainable(model, ["no_such_layer"])
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tiny_bert):
+    texts, labels = toy_task(24)
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        model, tok = load(tiny_bert)  # dropout on: the seed must cover it too
+        res = train(model, tok, texts, labels, fp32(epochs=1, batch_size=8, lr=1e-3, seed=seed))
+        runs[name] = (params(model), res.losses)
+    (pa, la), (pb, lb), (pc, lc) = runs["a"], runs["b"], runs["c"]
+    assert la == lb
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert la != lc
+    assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+
+
+def test_empty_training_set_and_divergence_are_config_errors(tiny_bert):
+    model, tok = load(tiny_bert)
+    with pytest.raises(ConfigError, match="no training rows"):
+        train(model, tok, [], [], fp32(epochs=1))
+    with pytest.raises(ConfigError, match="precision"):
+        train(model, tok, ["a"], [0], fp32(epochs=1, precision="fp16"))
+
+
+def test_warmup_then_linear_decay_to_zero(tiny_bert):
+    model, tok = load(tiny_bert)
+    texts, labels = toy_task(16)
+    opt = torch.optim.AdamW(list(model.parameters()), lr=1e-3)
+    lrs = []
+    train(model, tok, texts, labels, fp32(epochs=3, batch_size=8, lr=1e-3, warmup_ratio=0.5), optimizer=opt,
+          on_step=lambda step, m: lrs.append(opt.param_groups[0]["lr"]))
+    # 6 steps, 3 of warmup; on_step sees the rate for the next step: 2/3, 1 (peak), 1, then down to 0
+    assert lrs == pytest.approx([2e-3 / 3, 1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3, 0.0])
+
+
+# --- sparse embedding gradients == dense gradients ---------------------------------------------
+
+def no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def test_sparse_embedding_grad_equals_dense_grad(tiny_bert):
+    """One backward: the densified sparse gradient is the dense one, also when the buffer is reused."""
+    model, tok = load(tiny_bert)
+    model = no_dropout(model).train()
+    emb = model.get_input_embeddings()
+    batches = [["good good film", "a bad bad bad plot", "good"], ["the actor", "it was the scene it was"]]
+
+    def backward(texts):
+        x, mask = collate(encode(tok, texts), tok.pad_token_id)  # padded: the pad row must get no gradient
+        model(input_ids=x, attention_mask=mask, labels=torch.tensor([1, 0, 1][:len(texts)])).loss.backward()
+
+    dense = []
+    for texts in batches:
+        model.zero_grad(set_to_none=True)
+        backward(texts)
+        assert not emb.weight.grad.is_sparse
+        dense.append(emb.weight.grad.clone())
+
+    sparse = SparseEmbeddingGrad(model, [emb.weight])
+    assert emb.sparse
+    for texts, want in zip(batches, dense):
+        model.zero_grad(set_to_none=True)
+        backward(texts)
+        assert emb.weight.grad.is_sparse
+        sparse.densify()
+        got = emb.weight.grad
+        assert not got.is_sparse and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        assert torch.count_nonzero(got.abs().sum(1)) == torch.count_nonzero(want.abs().sum(1))
+    assert got.data_ptr() == sparse.buffer.data_ptr()  # the buffer is reused, not reallocated
+    assert dense[1][tok.convert_tokens_to_ids("good")].abs().sum() == 0  # batch 2 lacks 'good' ...
+    sparse.restore()
+    assert not emb.sparse and sparse.buffer is None
+    # embeddings not being trained: nothing is made sparse
+    assert SparseEmbeddingGrad(model, [model.classifier.weight]).module is None
+
+
+def test_training_loop_with_sparse_grads_matches_a_dense_loop(tiny_bert):
+    """Two AdamW steps of train() (sparse embedding gradients) against a plain dense loop on a copy.
+
+    The two batches use disjoint words (different lengths keep them apart), so a buffer that kept
+    the first step's gradient, or lost rows, would give a visibly different second step.
+    """
+    model_a, tok = load(tiny_bert)
+    no_dropout(model_a)
+    model_b = copy.deepcopy(model_a)
+    start = params(model_a)
+    short = ["good film", "bad plot", "fine actor", "dull scene"] * 2
+    long = ["the music in this movie is great fun", "a story about a house and a river",
+            "her brother wrote the book last year", "we saw it twice on a cold night"] * 2
+    texts, labels = short + long, [0, 1] * 8
+    cfg = fp32(epochs=1, batch_size=8, lr=1e-2, weight_decay=0.01, schedule="constant", max_grad_norm=1.0, seed=3)
+
+    was_sparse = []
+    train(model_a, tok, texts, labels, cfg, on_step=lambda s, m: was_sparse.append(m.get_input_embeddings().sparse))
+    assert was_sparse == [True, True]  # the sparse path really ran
+
+    ids = encode(tok, texts, cfg.max_length)
+    batches = length_bucketed_batches([len(x) for x in ids], 8, seed=cfg.seed * 1000)  # the loop's epoch-0 order
+    assert sorted(batches[0]) in (list(range(8)), list(range(8, 16)))  # each batch: one kind of text
+    model_b.train()
+    assert not model_b.get_input_embeddings().sparse
+    plist = list(model_b.parameters())
+    opt = torch.optim.AdamW(plist, lr=1e-2, weight_decay=0.01, fused=True)
+    for b in batches:
+        x, mask = collate([ids[i] for i in b], tok.pad_token_id)
+        out = model_b(input_ids=x, attention_mask=mask, labels=torch.tensor([labels[i] for i in b]))
+        out.loss.backward()
+        assert not model_b.get_input_embeddings().weight.grad.is_sparse
+        torch.nn.utils.clip_grad_norm_(plist, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    pa, pb = params(model_a), params(model_b)
+    moved = max((pa[k] - start[k]).abs().max().item() for k in pa)
+    assert moved > 5e-3  # the steps were large enough to show a difference
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=0, atol=1e-4, msg=lambda m: f"{k}: {m}")
+    emb = "bert.embeddings.word_embeddings.weight"
+    # rows of words seen only in the first batch moved in both (by Adam's momentum in step 2 too)
+    first_only = tok.convert_tokens_to_ids("good") if sorted(batches[0]) == list(range(8)) else \
+        tok.convert_tokens_to_ids("music")
+    assert not torch.equal(pa[emb][first_only], start[emb][first_only])
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+def test_accuracy_and_attack_success_rate():
+    assert accuracy([1, 0, 1, 1], [1, 0, 0, 1]) == 75.0
+    assert accuracy([0, 0], [1, 1]) == 0.0
+    assert accuracy([], []) != accuracy([], [])  # nan
+    assert attack_success_rate([1, 1, 0, 1, 1], target=1) == 80.0
+    assert attack_success_rate([2, 0, 2], target=2) == pytest.approx(200 / 3)
+    assert attack_success_rate([0, 0], target=1) == 0.0
+
+
+def test_evaluate_returns_cacc_and_asr(trained):
+    model, tok, texts, labels, _ = trained
+    clean = TextDataset(texts[:20], labels[:20], NAMES)
+    # "poisoned" rows: negatives (label 0) whose word 'bad' was replaced with the word the model maps to 1
+    neg = [t.replace("bad", "good") for t, y in zip(texts, labels) if y == 0][:10]
+    poisoned = TextDataset(neg, [0] * 10, NAMES, poisoned=[True] * 10)
+    m = evaluate(model, tok, clean, poisoned, target=1, precision="fp32")
+    assert set(m) == {"cacc", "asr", "n_clean", "n_poisoned"}
+    assert m["n_clean"] == 20 and m["n_poisoned"] == 10
+    assert m["cacc"] == accuracy(predict(model, tok, clean.texts, precision="fp32"), clean.labels) >= 90
+    assert m["asr"] >= 90  # the "trigger" flips them
+    assert evaluate(model, tok, clean, poisoned, target=0, precision="fp32")["asr"] <= 10
+    assert set(evaluate(model, tok, clean, precision="fp32")) == {"cacc", "n_clean"}
