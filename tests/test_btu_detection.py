@@ -137,3 +137,22 @@ def test_planted_cf_is_flagged_by_rounds_one_and_two_with_minilm():
     assert set(by_token["cf"]["rounds"]) == {1, 2}
     assert by_token["cf"]["poisoned_rows"] == by_token["cf"]["rows"] == sum(poisoned.poisoned)
     assert stats["recall"] == 100.0
+
+
+def test_previous_rounds_are_reused_for_alpha_and_round_sweeps(tiny_bert):
+    model, tok = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    ds = planted(64)
+    ids = encode(tok, ds.texts)
+    full = detect(model, tok, ids, ds.labels, 2, BTUConfig(alpha=0.01, shallow_lr=1e-3, detect_lr=1e-3,
+                                                         progress=False))
+    wider = detect(model, tok, ids, ds.labels, 2, BTUConfig(alpha=0.02, progress=False), previous=full)
+    # rounds 1 and 2 are the same training, ranked with a larger k: the old flags are a prefix
+    for n in (1, 2):
+        old, new = full.round(n).flagged, wider.round(n).flagged
+        assert len(new) > len(old) and new[: len(old)] == old
+        assert wider.round(n).distances is full.round(n).distances
+    # round 2 flagged more tokens, so round 3 was trained again on rows without them
+    assert wider.round(3).distances is not full.round(3).distances
+    only1 = detect(model, tok, ids, ds.labels, 2, BTUConfig(alpha=0.01, rounds=[1], progress=False), previous=full)
+    assert [r.round for r in only1.rounds] == [1] and only1.round(1).flagged == full.round(1).flagged
+    assert only1.token_ids == [t for t, _ in full.round(1).flagged]

@@ -42,7 +42,8 @@ def add_attack(p, required=False):
     g.add_argument("--attack", required=required, choices=sorted(ATTACKS),
                    help="poison the training set (and build the ASR test rows) with this attack")
     g.add_argument("--rate", type=float, default=0.1, help="poison rate, a fraction of the training set (default 0.1)")
-    g.add_argument("--target", default="1", help="target label, by name or index (default 1)")
+    g.add_argument("--target", default=None,
+                   help="target label, by name or index (default: the target of a `btu attack` folder, else 1)")
     g.add_argument("--label-policy", choices=["dirty", "clean"], default="dirty", help="default: dirty")
     g.add_argument("--triggers", nargs="+", help="addword: trigger words (default: cf mn bb tq)")
     g.add_argument("--insertions", type=int, help="addword: trigger insertions per row (default 1)")
@@ -115,8 +116,8 @@ def cmd_train(a):
 
 
 def cmd_evaluate(a):
-    from .experiment import DataConfig, Splits, apply_attack, run_config
     from .data import load_source
+    from .experiment import DataConfig, Splits, apply_attack, attack_record, run_config
     from .io import atomic_write_json
     from .models import load_classifier, model_label_names
     from .report import table
@@ -130,9 +131,8 @@ def cmd_evaluate(a):
         from .data.sources import has_split
         if has_split(a.test, "poison-test"):
             poison_test = load_source(a.test, "poison-test", names, **kw)
-    splits, acfg = apply_attack(Splits(test, None, test, poison_test), attack_config(a), a.seed)
-    if splits.target is None and poison_test is not None:
-        splits.target = test.label_id(a.target)
+    splits = Splits(test, None, test, poison_test, recorded_target=attack_record(a.test).get("target_name"))
+    splits, acfg = apply_attack(splits, attack_config(a), a.seed)
     from .training import evaluate
 
     m = evaluate(model, tok, test, splits.poison_test, splits.target, precision=a.precision)

@@ -39,7 +39,7 @@ class DataConfig:
 class AttackConfig:
     name: str | None = None  # None: no attack (the data may already be poisoned)
     rate: float = 0.1
-    target: str = "1"  # a label name or index
+    target: str | None = None  # a label name or index; default: the attack folder's target, else "1"
     label_policy: str = "dirty"
     options: dict = field(default_factory=dict)  # attack-specific: triggers, insertions, sentence, column
 
@@ -51,10 +51,25 @@ class Splits:
     test: TextDataset | None
     poison_test: TextDataset | None = None  # non-target rows with the trigger: the ASR set
     target: int | None = None
+    recorded_target: str | None = None  # the target written in a `btu attack` folder's attack.json
+
+
+def attack_record(source) -> dict:
+    """attack.json of a `btu attack` output folder (label names in their ids' order, target), or {}."""
+    path = Path(str(source)) / "attack.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text()).get("attack") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def load_splits(cfg: DataConfig, seed: int = 0, label_names=None) -> Splits:
     kw = dict(text_column=cfg.text_column, label_column=cfg.label_column)
+    record = attack_record(cfg.train)
+    if label_names is None and record.get("label_names"):
+        label_names = record["label_names"]  # keep the ids the attack used, whatever their sort order
     train_ds = load_source(cfg.train, "train", label_names, **kw)
     names = train_ds.label_names
     if cfg.limit and cfg.limit < len(train_ds):
@@ -75,23 +90,26 @@ def load_splits(cfg: DataConfig, seed: int = 0, label_names=None) -> Splits:
         poison_test = load_source(cfg.poison_test, "test", names, **kw)
     elif cfg.test is None and has_split(cfg.train, "poison-test"):
         poison_test = load_source(cfg.train, "poison-test", names, **kw)  # `btu attack` output
-    return Splits(train_ds, dev, test, poison_test)
+    return Splits(train_ds, dev, test, poison_test, recorded_target=record.get("target_name"))
 
 
 def apply_attack(splits: Splits, acfg: AttackConfig, seed: int) -> tuple[Splits, dict]:
     """Poison the training set and build the ASR set; returns the new splits and the attack's config."""
+    wanted = acfg.target if acfg.target is not None else (splits.recorded_target or "1")
     if acfg.name is None:
         if splits.poison_test is not None:
-            splits.target = splits.train.label_id(acfg.target)
+            splits.target = splits.train.label_id(wanted)
         return splits, {}
-    target = splits.train.label_id(acfg.target)
+    target = splits.train.label_id(wanted)
     attack = make_attack(acfg.name, rate=acfg.rate, target=target, label_policy=acfg.label_policy, **acfg.options)
     train_p = attack.poison_train(splits.train, seed)
     source = splits.poison_test if splits.poison_test is not None else splits.test
     if source is None:
         raise ConfigError("no test set to build the attack's ASR rows from; give --test")
     poison_test = attack.poison_test(source, seed)
-    return Splits(train_p, splits.dev, splits.test, poison_test, target), attack.config()
+    record = attack.config() | {"label_names": list(splits.train.label_names),
+                                "target_name": splits.train.label_names[target]}
+    return Splits(train_p, splits.dev, splits.test, poison_test, target), record
 
 
 def write_splits(splits: Splits, out: Path) -> None:

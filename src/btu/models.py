@@ -184,8 +184,12 @@ def load_classifier(spec: str, num_labels: int | None = None, label_names=None, 
         if local:
             raise ModelError(f"{path}: cannot load: {str(e).splitlines()[0][:300]}") from None
         raise ModelError(_hub_message(spec, e)) from None
-    except ValueError as e:
-        raise ModelError(f"{spec}: cannot load as a sequence classifier: {str(e).splitlines()[0][:300]}") from None
+    except (ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0][:300]
+        if "size mismatch" in str(e) or "ignore_mismatched_sizes" in str(e):
+            msg = (f"its classification head has {getattr(config, 'num_labels', '?')} outputs in the checkpoint "
+                   "but the data has a different number of labels; start from the base model instead")
+        raise ModelError(f"{spec}: cannot load as a sequence classifier: {msg}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     return model, tokenizer

@@ -116,7 +116,7 @@ def register(sub, add_common, add_attack, add_training, epilog):
                                         "flagged token)")
     g.add_argument("--victim", help="reuse this trained (backdoored) model folder instead of training one")
     g.add_argument("--unlearn", default="btu", choices=["btu", "row", "pr1", "pr2", "pn", "none"])
-    g.add_argument("--threshold", default="mean", choices=["mean", "frobenius"],
+    g.add_argument("--threshold", default="frobenius", choices=["mean", "frobenius"],
                    help="d-bar: mean per-token change (paper) or Frobenius/|V| (authors' code)")
     g.add_argument("--padding", default="pretrained", choices=["pretrained", "victim", "zero"])
     g.add_argument("--change-from", default="victim", choices=["victim", "round1"])

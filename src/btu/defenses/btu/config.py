@@ -33,7 +33,7 @@ class BTUConfig:
     record_every: int | None = None  # distance history every N steps (None: about 100 points a round)
     # stage 2: unlearning
     unlearn: str = "btu"  # btu (Eq. 7) | row | pr1 | pr2 | pn | none
-    threshold: str = "mean"  # mean per-token L2 change (paper) | frobenius / |V| (authors' code)
+    threshold: str = "frobenius"  # frobenius / |V| (authors' code) | mean per-token L2 change (paper, Eq. 6)
     change_from: str = "victim"  # whose embedding change decides the dimensions: victim | round1
     padding: str = "pretrained"  # the replacement values: pretrained [PAD] row | victim's [PAD] row | zero
     noise_std: float | None = None  # pn: std of the noise (None: std of the pretrained embeddings)

@@ -108,31 +108,54 @@ def _run_round(n, model, tokenizer, input_ids, labels, cfg: BTUConfig, pretraine
                        weight.detach().float().cpu().clone() if n == 1 else None)
 
 
-def detect(model, tokenizer, input_ids, labels, num_labels: int, cfg: BTUConfig) -> DetectionResult:
-    """Run the configured rounds on copies of `model` (a pretrained classifier, left untouched)."""
+def _reflag(r: RoundResult, k: int, exclude) -> RoundResult:
+    """The same trained round, flagged again with another k (an alpha sweep needs no retraining)."""
+    return RoundResult(r.round, top_tokens(r.distances, k, exclude), r.distances, r.history, r.history_steps,
+                       r.seconds, r.final_loss, r.trained_embeddings)
+
+
+def detect(model, tokenizer, input_ids, labels, num_labels: int, cfg: BTUConfig,
+           previous: DetectionResult | None = None) -> DetectionResult:
+    """Run the configured rounds on copies of `model` (a pretrained classifier, left untouched).
+
+    previous: an earlier result on the same data, model and training settings; its rounds 1
+    and 2 are reused (re-ranked for this alpha) and round 3 is retrained only when round 2's
+    flagged set changed. Subsets of rounds and alpha sweeps then cost almost nothing.
+    """
     start = time.perf_counter()
     pretrained = model.get_input_embeddings().weight.detach().float().cpu().clone()
     vocab = pretrained.shape[0]
     k = flag_count(cfg.alpha, vocab)
     exclude = set(tokenizer.all_special_ids)
     out = DetectionResult()
+    old = {r.round: r for r in previous.rounds} if previous is not None else {}
+
+    def shallow(seed_offset):
+        torch.manual_seed(cfg.seed + seed_offset)
+        return ShallowClassifier(model, num_labels, cfg.shallow_masked_pooling, cfg.shallow_pad_to)
+
     if 1 in cfg.rounds:
-        m = copy.deepcopy(model)
-        out.rounds.append(_run_round(1, m, tokenizer, input_ids, labels, cfg, pretrained, exclude, "embeddings",
-                                     cfg.detect_batch_size, cfg.detect_lr, k))
-        del m
+        if 1 in old:
+            out.rounds.append(_reflag(old[1], k, exclude))
+        else:
+            m = copy.deepcopy(model)
+            out.rounds.append(_run_round(1, m, tokenizer, input_ids, labels, cfg, pretrained, exclude, "embeddings",
+                                         cfg.detect_batch_size, cfg.detect_lr, k))
+            del m
     if 2 in cfg.rounds:
-        torch.manual_seed(cfg.seed + 200)
-        m = ShallowClassifier(model, num_labels, cfg.shallow_masked_pooling, cfg.shallow_pad_to)
-        r2 = _run_round(2, m, tokenizer, input_ids, labels, cfg, pretrained, exclude, "all",
-                        cfg.shallow_batch_size, cfg.shallow_lr, k)
+        if 2 in old:
+            r2 = _reflag(old[2], k, exclude)
+        else:
+            r2 = _run_round(2, shallow(200), tokenizer, input_ids, labels, cfg, pretrained, exclude, "all",
+                            cfg.shallow_batch_size, cfg.shallow_lr, k)
         out.rounds.append(r2)
         if 3 in cfg.rounds:
             removed = {t for t, _ in r2.flagged}
-            ids3 = [[t for t in row if t not in removed] for row in input_ids]
-            torch.manual_seed(cfg.seed + 300)
-            m = ShallowClassifier(model, num_labels, cfg.shallow_masked_pooling, cfg.shallow_pad_to)
-            out.rounds.append(_run_round(3, m, tokenizer, ids3, labels, cfg, pretrained, exclude | removed, "all",
-                                         cfg.shallow_batch_size, cfg.shallow_lr, k))
+            if 3 in old and 2 in old and removed == {t for t, _ in old[2].flagged}:
+                out.rounds.append(_reflag(old[3], k, exclude | removed))
+            else:
+                ids3 = [[t for t in row if t not in removed] for row in input_ids]
+                out.rounds.append(_run_round(3, shallow(300), tokenizer, ids3, labels, cfg, pretrained,
+                                             exclude | removed, "all", cfg.shallow_batch_size, cfg.shallow_lr, k))
     out.seconds = time.perf_counter() - start
     return out

@@ -1,0 +1,81 @@
+"""Tables from benchmarks/results/btu_table.jsonl: Table 1 (mean and std over seeds), the
+ablations, trigger ranks and detection cost."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+ROWS = [("no defense", "none"), ("unlearning only", "unlearn"), ("BTU (unlearning + repair)", "BTU"),
+        ("repair only (no unlearning)", "repair")]
+
+
+def _ms(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def summarize(results: list[dict]) -> str:
+    out = []
+    main = [r for r in results if r["variant"] == "BTU"]
+    by_attack = defaultdict(list)
+    for r in main:
+        by_attack[r["attack"]].append(r)
+    out += ["## Table 1: SST-2, MiniLM, 10 % poison (CACC / ASR, mean ± std over seeds)", "",
+            "| attack | seeds | " + " | ".join(f"{short} CACC | {short} ASR" for _, short in ROWS) + " |",
+            "|---|---|" + "---:|---:|" * len(ROWS)]
+    for attack, rs in by_attack.items():
+        cells = []
+        for key, _ in ROWS:
+            cells.append(_ms([x["rows"].get(key, {}).get("cacc") for x in rs]))
+            cells.append(_ms([x["rows"].get(key, {}).get("asr") for x in rs]))
+        out.append(f"| {attack} | {','.join(str(x['seed']) for x in rs)} | " + " | ".join(cells) + " |")
+    out += ["", "none = no defense, unlearn = unlearning only, BTU = unlearning + repair, "
+            "repair = repair only without unlearning (the control).", ""]
+
+    out += ["## Trigger tokens: rank among the flagged tokens per round (- = not flagged)", "",
+            "| attack | seed | token | round 1 | round 2 | round 3 |", "|---|---|---|---|---|---|"]
+    for r in main:
+        for tok, ranks in r.get("trigger_ranks", {}).items():
+            cells = []
+            for n in (1, 2, 3):
+                v = ranks.get(f"round{n}")
+                cells.append("n/a" if v is None else f"{v['flagged_rank'] or '-'} (vocab #{v['vocab_rank']})")
+            out.append(f"| {r['attack']} | {r['seed']} | {tok} | " + " | ".join(cells) + " |")
+    out += ["", "## Flagged rows against the ground truth", "",
+            "| attack | seed | flagged tokens | rows with a flagged token | precision % | recall % |",
+            "|---|---|---:|---:|---:|---:|"]
+    for r in main:
+        fr = r["flagged_rows"]
+        out.append(f"| {r['attack']} | {r['seed']} | {len(r['flagged'])} | {fr['flagged_rows']} | "
+                   f"{fr.get('precision', float('nan')):.1f} | {fr.get('recall', float('nan')):.1f} |")
+
+    abl = [r for r in results if r["variant"] != "BTU"]
+    if abl:
+        out += ["", "## Ablations (seed of the first run; CACC / ASR after unlearning + repair, and after "
+                "unlearning only)", "", "| attack | variant | BTU CACC | BTU ASR | unlearn-only CACC | "
+                "unlearn-only ASR | flagged tokens |", "|---|---|---:|---:|---:|---:|---:|"]
+        base = {(r["attack"], r["seed"]): r for r in main}
+        for r in sorted(abl + [b for b in main if any(x["attack"] == b["attack"] and x["seed"] == b["seed"]
+                                                         for x in abl)], key=lambda x: (x["attack"], x["variant"])):
+            b, u = r["rows"]["BTU (unlearning + repair)"], r["rows"]["unlearning only"]
+            out.append(f"| {r['attack']} | {r['variant']} | {b['cacc']:.2f} | {b['asr']:.2f} | {u['cacc']:.2f} | "
+                       f"{u['asr']:.2f} | {len(r['flagged'])} |")
+        del base
+
+    out += ["", "## Cost (seconds, same run)", "",
+            "| attack | seed | victim epoch | detection | detection / epoch | rounds 1/2/3 | BTU after victim "
+            "(unlearn + repair + control + evals) | whole defend / plain fine-tuning |",
+            "|---|---|---:|---:|---:|---|---:|---:|"]
+    for r in main:
+        s = r["seconds"]
+        rounds = "/".join(f"{v:.0f}" for v in s["detection_rounds"].values())
+        whole = s["victim_training"] + s["detection"] + s["defend_after_victim"]
+        out.append(f"| {r['attack']} | {r['seed']} | {s['victim_epoch']:.0f} | {s['detection']:.0f} | "
+                   f"{s['detection'] / s['victim_epoch']:.2f} | {rounds} | {s['defend_after_victim']:.0f} | "
+                   f"{whole / s['victim_training']:.2f} |")
+    return "\n".join(out) + "\n"

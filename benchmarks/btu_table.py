@@ -1,0 +1,197 @@
+"""BTU on SST-2 with MiniLM at 10 % poison: the paper's Table 1 (no defense vs BTU, with the
+unlearning-only and repair-only controls), the ablations of Tables 4-6, and detection cost.
+
+Each (attack, seed, variant) cell is appended to a JSON-lines results file as soon as it
+finishes; a rerun skips finished cells. Victims (the expensive part) are cached as model
+folders under --cache, so a restarted run also skips their training.
+
+    .venv/bin/python benchmarks/btu_table.py                      # Table 1, seeds 0-2
+    .venv/bin/python benchmarks/btu_table.py --seeds 0 --ablations table4 table5 table6 threshold
+    .venv/bin/python benchmarks/btu_table.py --summary            # print the tables from the results
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent / ".." / "shared" / "datasets"
+ATTACK_DATA = {"addword": "sst2", "addsent": "sst2", "synbkd": "sst2-syn", "stylebkd": "sst2-style"}
+ABLATIONS = {
+    # name: list of (variant name, BTUConfig overrides)
+    "table4": [("alpha=0.03", {"alpha": 0.03}), ("alpha=0.10", {"alpha": 0.10})],
+    "table5": [("PN", {"unlearn": "pn"}), ("PR-1", {"unlearn": "pr1"}), ("PR-2", {"unlearn": "pr2"})],
+    "table6": [("rounds=1", {"rounds": [1]}), ("rounds=2", {"rounds": [2]}), ("rounds=2+3", {"rounds": [2, 3]}),
+               ("rounds=1+2", {"rounds": [1, 2]})],
+    "threshold": [("threshold=mean", {"threshold": "mean"})],
+}
+ABLATION_ATTACKS = ("addword", "addsent", "synbkd")
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_result(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def trigger_token_ids(tok, attack) -> list[int]:
+    if attack.name == "addword":
+        words = attack.triggers
+    elif attack.name == "addsent":
+        words = attack.sentence.split()
+    else:
+        return []
+    ids = tok(" ".join(words), add_special_tokens=False)["input_ids"]
+    return sorted(set(ids))
+
+
+def trigger_ranks(det, tok, trig_ids) -> dict:
+    out = {}
+    for t in trig_ids:
+        ranks = {}
+        for r in det.rounds:
+            order = {tid: i + 1 for i, (tid, _) in enumerate(r.flagged)}
+            full_rank = int((r.distances > r.distances[t]).sum()) + 1  # rank in the whole vocabulary
+            ranks[f"round{r.round}"] = {"flagged_rank": order.get(t), "vocab_rank": full_rank}
+        out[tok.convert_ids_to_tokens(t)] = ranks
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--attacks", nargs="+", default=list(ATTACK_DATA), choices=list(ATTACK_DATA))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS))
+    p.add_argument("--ablation-attacks", nargs="+", default=list(ABLATION_ATTACKS))
+    p.add_argument("--victim-epochs", type=float, default=3.0)
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--results", default=str(HERE / "results" / "btu_table.jsonl"))
+    p.add_argument("--cache", default=str(HERE / "cache"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--limit", type=int, help="smoke test: only this many training rows (and test rows)")
+    p.add_argument("--summary", action="store_true", help="only print the tables from the results file")
+    p.add_argument("--figure", default=str(HERE / "results" / "figure1.png"),
+                   help="Figure 1 (distance curves) from the first addword/addsent cell run")
+    a = p.parse_args(argv)
+    results = Path(a.results)
+    if a.summary:
+        from btu_summary import summarize
+
+        print(summarize(read_results(results)))
+        return 0
+    if not (SHARED / "sst2" / "train.tsv").exists():
+        print(f"SST-2 not found at {SHARED / 'sst2'}; this benchmark reads ../shared/datasets in place.")
+        return 2
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from btu.attacks import make_attack
+    from btu.data import load_source
+    from btu.defenses.btu import BTUConfig, detect
+    from btu.defenses.btu.pipeline import defend
+    from btu.models import load_classifier, save_model
+    from btu.training import TrainConfig, train
+    from btu.training.batching import encode
+
+    done = {(r["attack"], r["seed"], r["variant"], r["victim_epochs"]) for r in read_results(results)}
+    test = load_source(str(SHARED / "sst2"), "test")
+    if a.limit:
+        test = test.subset(range(a.limit))
+    for seed in a.seeds:
+        for name in a.attacks:
+            variants = [("BTU", {})]
+            if seed == a.seeds[0] and name in a.ablation_attacks:
+                for abl in a.ablations:
+                    variants += ABLATIONS[abl]
+            todo = [(v, o) for v, o in variants if (name, seed, v, a.victim_epochs) not in done]
+            if not todo:
+                continue
+            src = SHARED / ATTACK_DATA[name]
+            train_ds = load_source(str(src), "train")
+            if a.limit:
+                train_ds = train_ds.subset(range(a.limit))
+            asr_source = load_source(str(src), "dev") if name in ("synbkd", "stylebkd") else test
+            if a.limit:
+                asr_source = asr_source.subset(range(min(a.limit, len(asr_source))))
+            attack = make_attack(name, rate=0.1, target=1)
+            ptrain = attack.poison_train(train_ds, seed)
+            ptest = attack.poison_test(asr_source, seed)
+            base_cfg = BTUConfig(seed=seed, victim_epochs=a.victim_epochs, progress=sys.stderr.isatty())
+            base, tok = load_classifier(a.model, label_names=train_ds.label_names)
+            ids = encode(tok, ptrain.texts)
+            trig = trigger_token_ids(tok, attack)
+
+            # the victim, cached
+            vdir = Path(a.cache) / f"{a.model}-{name}-seed{seed}-epochs{a.victim_epochs:g}" / "victim"
+            if (vdir / "config.json").exists():
+                victim, _ = load_classifier(str(vdir))
+                victim_seconds = json.loads((vdir.parent / "timing.json").read_text())["seconds"]
+            else:
+                victim = copy.deepcopy(base)
+                res = train(victim, tok, input_ids=ids, labels=ptrain.labels,
+                            config=TrainConfig(epochs=a.victim_epochs, seed=seed, progress=base_cfg.progress,
+                                               desc=f"victim {name} seed {seed}"))
+                victim_seconds = res.seconds
+                save_model(victim, tok, vdir)
+                (vdir.parent / "timing.json").write_text(json.dumps({"seconds": res.seconds}))
+            epoch_seconds = victim_seconds / a.victim_epochs
+
+            t0 = time.perf_counter()
+            full_det = detect(base, tok, ids, ptrain.labels, 2, base_cfg)
+            detection_seconds = time.perf_counter() - t0
+            if trig and not Path(a.figure).exists():
+                from btu_figure import figure1
+
+                figure1(full_det, trig, tok, ids, a.figure, title=f"{name}, SST-2, MiniLM, seed {seed}")
+            for variant, overrides in todo:
+                cfg = replace(base_cfg, **overrides, repair_controls=(variant == "BTU"))
+                det = detect(base, tok, ids, ptrain.labels, 2, cfg, previous=full_det)
+                t0 = time.perf_counter()
+                out = defend(ptrain, a.model, test=test, poison_test=ptest, target=1, config=cfg,
+                             victim=copy.deepcopy(victim), detection=det)
+                rep = out.report
+                row = {"attack": name, "seed": seed, "variant": variant, "victim_epochs": a.victim_epochs,
+                       "model": a.model, "rows": {r["model"]: {"cacc": r.get("cacc"), "asr": r.get("asr")}
+                                                  for r in rep["rows"]},
+                       "flagged": [[f["token"], f["rows"], f["poisoned_rows"], sorted(f["rounds"])]
+                                   for f in rep["flagged"]],
+                       "trigger_ranks": trigger_ranks(det, tok, trig), "flagged_rows": rep["flagged_rows"],
+                       "unlearning": {"threshold": rep["unlearning"]["threshold"],
+                                      "replaced_dims": rep["unlearning"]["replaced_dims"]},
+                       "repair": rep["repair"],
+                       "seconds": {**rep["timings"], "victim_epoch": epoch_seconds, "victim_training": victim_seconds,
+                                   "detection": detection_seconds, "detection_rounds":
+                                       {r.round: r.seconds for r in full_det.rounds},
+                                   "defend_after_victim": time.perf_counter() - t0},
+                       "config": cfg.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                append_result(results, row)
+                done.add((name, seed, variant, a.victim_epochs))
+                r = row["rows"]
+                print(f"{name} seed {seed} {variant}: no defense {r['no defense']['cacc']:.2f}/"
+                      f"{r['no defense']['asr']:.2f}  BTU {r['BTU (unlearning + repair)']['cacc']:.2f}/"
+                      f"{r['BTU (unlearning + repair)']['asr']:.2f}", flush=True)
+    from btu_summary import summarize
+
+    print(summarize(read_results(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""btu defend / btu scan end to end on a tiny model: the four report rows, the files, the
+repair-set rule, and the Python API."""
+
+import json
+
+import pytest
+import torch
+
+import btu
+from btu.cli import main
+from btu.defenses import DEFENSES, get_defense
+from btu.defenses.btu import BTUConfig
+from btu.defenses.btu.pipeline import flagged_row_stats, rows_containing
+from btu.errors import ConfigError
+
+from test_btu_detection import planted
+
+FAST = dict(alpha=0.01, detect_lr=5e-3, shallow_lr=5e-3, lr=5e-3, repair_lr=1e-3, victim_epochs=2,
+            detect_epochs=1, repair_epochs=1, batch_size=16, detect_batch_size=16, shallow_batch_size=16,
+            progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_btu_is_a_registered_train_stage_defense():
+    assert DEFENSES["btu"]["stage"] == "train"
+    assert get_defense("btu")["config"] is BTUConfig
+    with pytest.raises(ConfigError):
+        get_defense("nope")
+
+
+def test_config_validation_and_round_trip(tmp_path):
+    with pytest.raises(ConfigError):
+        BTUConfig(rounds=[3])
+    with pytest.raises(ConfigError):
+        BTUConfig(rounds=[4])
+    with pytest.raises(ConfigError):
+        BTUConfig(threshold="median")
+    with pytest.raises(ConfigError):
+        BTUConfig(alpha=0)
+    cfg = BTUConfig(alpha=0.1, rounds=[2, 1], unlearn="pr2")
+    cfg.save(tmp_path / "c.json")
+    back = BTUConfig.load(tmp_path / "c.json")
+    assert back == cfg and back.rounds == [1, 2]
+
+
+def test_rows_containing_and_row_stats():
+    ids = [[1, 5, 2], [1, 6, 2], [1, 5, 6, 2]]
+    assert rows_containing(ids, [5, 6]) == {5: [0, 2], 6: [1, 2]}
+    from btu.data import TextDataset
+
+    ds = TextDataset(["a", "b", "c"], [0, 1, 1], ["n", "p"], poisoned=[True, False, False])
+    stats = flagged_row_stats([{"row_ids": [0, 2]}], ds)
+    assert stats["flagged_rows"] == 2 and stats["true_positives"] == 1
+    assert stats["precision"] == 50.0 and stats["recall"] == 100.0
+
+
+def test_defend_python_api_reports_the_four_rows(tiny_bert):
+    train = planted(160, seed=1)
+    test = planted(60, rate=0.0, seed=2)
+    ptest = planted(40, rate=1.0, seed=3)
+    ptest = ptest.subset([i for i in range(len(ptest))])
+    res = btu.defend(train, model=str(tiny_bert), test=test, poison_test=ptest, target="pos",
+                     config=BTUConfig(**FAST), keep_models=True)
+    names = [r["model"] for r in res.report["rows"]]
+    assert names == ["no defense", "unlearning only", "BTU (unlearning + repair)", "repair only (no unlearning)"]
+    for r in res.report["rows"]:
+        assert 0 <= r["cacc"] <= 100 and 0 <= r["asr"] <= 100
+    assert res.flagged and all({"id", "token", "rounds", "rows", "poisoned_rows"} <= set(f) for f in res.flagged)
+    # the defended model differs from the victim exactly where unlearning + repair acted
+    victim_emb = res.models["victim"].get_input_embeddings().weight
+    unlearned_emb = res.models["unlearned"].get_input_embeddings().weight
+    flagged_ids = [f["id"] for f in res.flagged]
+    changed = (victim_emb != unlearned_emb).any(dim=1).nonzero().flatten().tolist()
+    assert set(changed) <= set(flagged_ids) and changed
+    # the repair set excludes the rows that carry a flagged token
+    carriers = set().union(*[set(f["row_ids"]) for f in res.flagged if f["rows"] <= 0.25 * len(train)])
+    assert res.report["repair"]["rows"] == len(train) - len(carriers)
+
+
+def test_defend_with_user_clean_data_and_no_controls(tiny_bert):
+    train = planted(120, seed=1)
+    clean = planted(50, rate=0.0, seed=5)
+    res = btu.defend(train, model=str(tiny_bert), clean_data=clean,
+                     config=BTUConfig(**{**FAST, "repair_controls": False, "rounds": [2]}))
+    assert res.report["repair"]["rows"] == 50
+    assert [r["model"] for r in res.report["rows"]] == ["no defense", "unlearning only", "BTU (unlearning + repair)"]
+    assert [r.round for r in res.detection.rounds] == [2]
+
+
+def test_defend_is_seeded(tiny_bert):
+    train = planted(96, seed=1)
+    cfg = BTUConfig(**{**FAST, "repair_controls": False})
+    a = btu.defend(train, model=str(tiny_bert), config=cfg)
+    b = btu.defend(train, model=str(tiny_bert), config=cfg)
+    assert [f["id"] for f in a.flagged] == [f["id"] for f in b.flagged]
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def write_tsv(path, ds):
+    lines = ["sentence\tlabel\tpoisoned"] + [f"{t}\t{ds.label_names[y]}\t{int(p)}"
+                                             for t, y, p in zip(ds.texts, ds.labels, ds.poison_flags)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
+    data = write_tsv(tmp_path / "train.tsv", planted(100, seed=1))
+    out = tmp_path / "out"
+    rc = main(["defend", "--train", str(data), "--test", str(data), "--model", str(tiny_bert), "--out", str(out),
+               "--epochs", "1", "--lr", "5e-3", "--alpha", "0.01", "--detect-lr", "5e-3", "--shallow-lr", "5e-3",
+               "--repair-epochs", "1", "--no-progress"])
+    assert rc == 0
+    for f in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "report.json", "report.md",
+              "btu_config.json", "distances.safetensors"):
+        assert (out / f).exists(), f
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["rows"]) == 4 and report["flagged"]
+    assert "## Flagged tokens" in (out / "report.md").read_text()
+    assert json.loads((out / "btu_config.json").read_text())["alpha"] == 0.01
+    from safetensors.torch import load_file
+
+    d = load_file(str(out / "distances.safetensors"))
+    assert set(d) == {f"round{n}.{k}" for n in (1, 2, 3) for k in ("history", "steps")}
+    printed = capsys.readouterr().out
+    assert "no defense" in printed and "repair only" in printed
+
+
+def test_scan_cli_lists_tokens_precision_recall_and_exports(tmp_path, tiny_bert, capsys):
+    ds = planted(150, seed=1)
+    data = write_tsv(tmp_path / "train.tsv", ds)
+    clean = tmp_path / "clean.tsv"
+    rc = main(["scan", "--train", str(data), "--model", str(tiny_bert), "--alpha", "0.01", "--shallow-lr", "5e-3",
+               "--detect-lr", "5e-3", "--export-clean", str(clean), "--out", str(tmp_path / "scan"),
+               "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "cf" in printed and "precision" in printed and "recall" in printed
+    from btu.data import read_file
+
+    kept = read_file(clean)
+    report = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert len(kept) == len(ds) - report["flagged_rows"]["flagged_rows"]
+    cf_rows = [i for i, t in enumerate(ds.texts) if "cf" in t.split()]
+    assert not any("cf" in t.split() for t in kept.texts) or len(cf_rows) == 0
+    assert report["flagged_rows"]["recall"] == 100.0
