@@ -26,16 +26,20 @@ def summarize(results: list[dict]) -> str:
     for r in main:
         by_attack[r["attack"]].append(r)
     out += ["## Table 1: SST-2, MiniLM, 10 % poison (CACC / ASR, mean ± std over seeds)", "",
-            "| attack | seeds | " + " | ".join(f"{short} CACC | {short} ASR" for _, short in ROWS) + " |",
-            "|---|---|" + "---:|---:|" * len(ROWS)]
+            "| attack | seeds | " + " | ".join(f"{short} CACC | {short} ASR" for _, short in ROWS)
+            + " | BTU ASR without trigger |",
+            "|---|---|" + "---:|---:|" * len(ROWS) + "---:|"]
     for attack, rs in by_attack.items():
         cells = []
         for key, _ in ROWS:
             cells.append(_ms([x["rows"].get(key, {}).get("cacc") for x in rs]))
             cells.append(_ms([x["rows"].get(key, {}).get("asr") for x in rs]))
+        cells.append(_ms([x["rows"].get(ROWS[2][0], {}).get("asr_no_trigger") for x in rs]))
         out.append(f"| {attack} | {','.join(str(x['seed']) for x in rs)} | " + " | ".join(cells) + " |")
     out += ["", "none = no defense, unlearn = unlearning only, BTU = unlearning + repair, "
-            "repair = repair only without unlearning (the control).", ""]
+            "repair = repair only without unlearning (the control). *ASR without trigger*: the ASR rows "
+            "without their trigger, predicted as the target by the BTU model: the floor that a model "
+            "without any backdoor shows.", ""]
 
     out += ["## Trigger tokens: rank among the flagged tokens per round (- = not flagged)", "",
             "| attack | seed | token | round 1 | round 2 | round 3 |", "|---|---|---|---|---|---|"]

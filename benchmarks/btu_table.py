@@ -167,7 +167,8 @@ def main(argv=None):
                              victim=copy.deepcopy(victim), detection=det)
                 rep = out.report
                 row = {"attack": name, "seed": seed, "variant": variant, "victim_epochs": a.victim_epochs,
-                       "model": a.model, "rows": {r["model"]: {"cacc": r.get("cacc"), "asr": r.get("asr")}
+                       "model": a.model, "rows": {r["model"]: {"cacc": r.get("cacc"), "asr": r.get("asr"),
+                                                              "asr_no_trigger": r.get("asr_no_trigger")}
                                                   for r in rep["rows"]},
                        "flagged": [[f["token"], f["rows"], f["poisoned_rows"], sorted(f["rounds"])]
                                    for f in rep["flagged"]],

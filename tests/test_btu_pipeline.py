@@ -80,7 +80,7 @@ def test_defend_python_api_reports_the_four_rows(tiny_bert):
     changed = (victim_emb != unlearned_emb).any(dim=1).nonzero().flatten().tolist()
     assert set(changed) <= set(flagged_ids) and changed
     # the repair set excludes the rows that carry a flagged token
-    carriers = set().union(*[set(f["row_ids"]) for f in res.flagged if f["rows"] <= 0.25 * len(train)])
+    carriers = set().union(*[set(f["row_ids"]) for f in res.flagged if f["rows"] <= 0.15 * len(train)])
     assert res.report["repair"]["rows"] == len(train) - len(carriers)
 
 

@@ -361,3 +361,19 @@ def test_evaluate_returns_cacc_and_asr(trained):
     assert m["asr"] >= 90  # the "trigger" flips them
     assert evaluate(model, tok, clean, poisoned, target=0, precision="fp32")["asr"] <= 10
     assert set(evaluate(model, tok, clean, precision="fp32")) == {"cacc", "n_clean"}
+
+
+def test_asr_without_trigger_is_measured_on_the_clean_text(tiny_bert):
+    """poison_test keeps each row's clean text; evaluate reports the no-trigger floor beside ASR."""
+    from btu.attacks import make_attack
+    from btu.data import TextDataset
+    from btu.models import load_classifier
+    from btu.training import evaluate, predict
+
+    model, tok = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    test = TextDataset([f"plain words number {i}" for i in range(20)], [i % 2 for i in range(20)], ["neg", "pos"])
+    ptest = make_attack("addword", triggers=["cf"], target=1).poison_test(test, seed=0)
+    assert ptest.columns["clean_text"] == [t for t, y in zip(test.texts, test.labels) if y == 0]
+    m = evaluate(model, tok, test, ptest, target=1, precision="fp32")
+    preds = predict(model, tok, ptest.columns["clean_text"], precision="fp32")
+    assert m["asr_no_trigger"] == 100.0 * sum(p == 1 for p in preds) / len(preds)

@@ -4,7 +4,6 @@ line and exit with code 2; nothing here computes."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

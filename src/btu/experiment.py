@@ -18,7 +18,7 @@ from .data import TextDataset, load_source, write_file
 from .data.sources import has_split
 from .errors import ConfigError
 from .io import atomic_write_json
-from .models import DEFAULT_MODEL, load_classifier, model_label_names, save_model
+from .models import DEFAULT_MODEL, load_classifier, save_model
 from .training import TrainConfig, evaluate, train
 
 
@@ -154,16 +154,9 @@ def save_run(out: Path, model, tokenizer, metrics: dict, config: dict) -> None:
     atomic_write_json(out / "config.json", config)
 
 
-def load_config(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def run_config(command: str, seed: int, model: str, data: DataConfig, attack: dict | None = None,
                train_cfg: TrainConfig | None = None, **extra) -> dict:
     return {"command": command, "seed": seed, "model": model, "data": asdict(data),
             "attack": attack or None, "train": train_cfg.to_dict() if train_cfg else None,
             "environment": environment(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
 
-
-def label_names_of(model) -> list[str]:
-    return model_label_names(model)

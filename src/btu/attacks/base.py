@@ -93,12 +93,17 @@ class Attack:
         return out
 
     def poison_test(self, dataset: TextDataset, seed: int = 0) -> TextDataset:
-        """Every test row whose true label is not the target, poisoned (labels kept): the ASR set."""
+        """Every test row whose true label is not the target, poisoned (labels kept): the ASR set.
+
+        Column `clean_text` keeps each row without its trigger: the rate at which a model
+        predicts the target there is the ASR a model without the backdoor would show.
+        """
         self._check_target(dataset)
         self.check(dataset, "test")
         rows = [i for i, y in enumerate(dataset.labels) if y != self.target]
         rng = random.Random(f"{seed}:{self.name}:test")
         out = dataset.subset(rows)
+        out.columns["clean_text"] = list(out.texts)  # for the no-trigger baseline of ASR
         out.texts = [self.poison_text(dataset, i, rng) for i in rows]
         out.poisoned = [True] * len(rows)
         out.source = f"{dataset.source} + {self.name}"

@@ -43,7 +43,8 @@ def attack_success_rate(preds, target: int) -> float:
 
 
 def evaluate(model, tokenizer, clean_test=None, poisoned_test=None, target: int | None = None, **kw) -> dict:
-    """{'cacc': ..., 'asr': ...} on a clean test set and a poisoned one (non-target rows only)."""
+    """{'cacc': ..., 'asr': ...} on a clean test set and a poisoned one (non-target rows only),
+    and 'asr_no_trigger' when the poisoned rows keep their clean text."""
     out = {}
     if clean_test is not None:
         out["cacc"] = accuracy(predict(model, tokenizer, clean_test.texts, **kw), clean_test.labels)
@@ -51,4 +52,8 @@ def evaluate(model, tokenizer, clean_test=None, poisoned_test=None, target: int 
     if poisoned_test is not None and target is not None:
         out["asr"] = attack_success_rate(predict(model, tokenizer, poisoned_test.texts, **kw), target)
         out["n_poisoned"] = len(poisoned_test)
+        if "clean_text" in poisoned_test.columns:
+            # the same rows without the trigger: the floor a model with no backdoor reaches
+            out["asr_no_trigger"] = attack_success_rate(
+                predict(model, tokenizer, poisoned_test.columns["clean_text"], **kw), target)
     return out

@@ -45,7 +45,7 @@ class BTUConfig:
     # clean repair after unlearning
     repair_epochs: float = 1.0
     repair_lr: float = 2e-5
-    repair_token_max_rows: float = 0.25  # default repair set: drop carriers of flagged tokens in at most this share of rows
+    repair_token_max_rows: float = 0.15  # default repair set: drop carriers of flagged tokens found in at most this share of rows
     repair_controls: bool = True  # also train "repair only" (no unlearning) for the report
     precision: str = "auto"
     seed: int = 0

@@ -9,7 +9,9 @@ from ...report import table
 
 
 def result_table(rows, markdown=False) -> str:
-    return table([{"model": r["model"], "CACC": r.get("cacc"), "ASR": r.get("asr")} for r in rows],
+    show_floor = any("asr_no_trigger" in r for r in rows)
+    return table([{"model": r["model"], "CACC": r.get("cacc"), "ASR": r.get("asr"),
+                   **({"ASR without trigger": r.get("asr_no_trigger")} if show_floor else {})} for r in rows],
                  markdown=markdown)
 
 
@@ -33,7 +35,9 @@ def markdown_report(report: dict, title: str = "BTU report") -> str:
     if report.get("rows"):
         lines += ["", "## Results", "", result_table(report["rows"], markdown=True), "",
                   "*unlearning only*: the victim after the dimensional replacement, before any clean tuning. "
-                  "*repair only*: the victim tuned on the same clean data without unlearning (the control)."]
+                  "*repair only*: the victim tuned on the same clean data without unlearning (the control). "
+                  "*ASR without trigger*: the same rows without their trigger predicted as the target, "
+                  "the ASR a model without the backdoor shows."]
     lines += ["", "## Flagged tokens", "", flagged_table(report["flagged"], markdown=True)]
     fr = report.get("flagged_rows", {})
     lines += ["", f"{fr.get('flagged_rows')} of {fr.get('rows')} training rows carry a flagged token."]
