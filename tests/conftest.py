@@ -44,6 +44,17 @@ def make_tiny(arch: str, out: Path, vocab_size: int = 30522, num_labels: int = 2
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny models are overhead-bound: one thread is faster, and fair to a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     if minilm_dir() is None:

@@ -20,12 +20,7 @@ FAST = dict(alpha=0.01, detect_lr=5e-3, shallow_lr=5e-3, lr=5e-3, repair_lr=1e-3
             progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_btu_is_a_registered_train_stage_defense():

@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from btu import __version__
 from btu.cli import main
@@ -24,12 +23,7 @@ HELP_FLAGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("command", list(HELP_FLAGS), ids=lambda c: c or "btu")

@@ -17,12 +17,7 @@ from btu.models import assemble_split_zip, load_classifier, model_label_names, r
 TEXTS = ["a good film", "a bad plot that goes on and on", "fine", "the actor was dull in the long scene"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logits(model, tok, texts=TEXTS):

@@ -19,13 +19,7 @@ NAMES = ["negative", "positive"]
 FILLER = "the movie was a film plot story actor scene it".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the tiny models are overhead-bound: one thread is faster, and fair to a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_task(n=64, seed=0):
