@@ -31,6 +31,7 @@ ABLATIONS = {
     "table6": [("rounds=1", {"rounds": [1]}), ("rounds=2", {"rounds": [2]}), ("rounds=2+3", {"rounds": [2, 3]}),
                ("rounds=1+2", {"rounds": [1, 2]})],
     "threshold": [("threshold=mean", {"threshold": "mean"})],
+    "score": [("score=relative", {"score": "relative"})],
 }
 ABLATION_ATTACKS = ("addword", "addsent", "synbkd")
 

@@ -156,3 +156,30 @@ def test_previous_rounds_are_reused_for_alpha_and_round_sweeps(tiny_bert):
     only1 = detect(model, tok, ids, ds.labels, 2, BTUConfig(alpha=0.01, rounds=[1], progress=False), previous=full)
     assert [r.round for r in only1.rounds] == [1] and only1.round(1).flagged == full.round(1).flagged
     assert only1.token_ids == [t for t, _ in full.round(1).flagged]
+
+
+def test_relative_score_discounts_what_frequency_explains():
+    from btu.defenses.btu.detection import relative_scores, row_counts
+
+    ids = [[1, 2, 3], [1, 2], [1, 4, 4]]
+    assert row_counts(ids, 6).tolist() == [0, 3, 2, 1, 1, 0]  # rows, not occurrences
+    counts = torch.tensor([100, 100, 100, 10, 10, 10, 10, 2])
+    dist = torch.tensor([9.0, 10.0, 11.0, 1.0, 1.0, 1.0, 4.0, 50.0])
+    s = relative_scores(dist, counts, min_count=5)
+    # the frequent tokens move most in absolute terms, but token 6 moves 4x its peers
+    assert int(s.argmax()) == 6 and s[6] == pytest.approx(4.0)
+    assert s[1] == pytest.approx(1.0)
+    assert s[7] == 0  # below min_count
+
+
+def test_score_option_changes_the_ranking_without_retraining(tiny_bert):
+    model, tok = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    ds = planted(64)
+    ids = encode(tok, ds.texts)
+    base = detect(model, tok, ids, ds.labels, 2, BTUConfig(rounds=[1, 2], detect_lr=1e-3, shallow_lr=1e-3,
+                                                         progress=False))
+    rel = detect(model, tok, ids, ds.labels, 2, BTUConfig(rounds=[1, 2], score="relative", progress=False),
+                 previous=base)
+    assert rel.round(2).distances is base.round(2).distances
+    counts = rel.round(2).counts
+    assert all(counts[t] >= 5 for t, _ in rel.round(2).flagged)

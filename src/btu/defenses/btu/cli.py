@@ -9,6 +9,8 @@ def add_btu_options(p):
     g = p.add_argument_group("BTU")
     g.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3], help="detection rounds (default 1 2 3)")
     g.add_argument("--alpha", type=float, default=0.05, help="percent of the vocabulary flagged per round (0.05)")
+    g.add_argument("--score", choices=["distance", "relative"], default="distance",
+                   help="rank by distance (paper) or by distance relative to tokens of similar frequency")
     g.add_argument("--detect-epochs", type=float, default=1.0)
     g.add_argument("--detect-batch-size", type=int, default=32)
     g.add_argument("--detect-lr", type=float, default=2e-5)
@@ -21,7 +23,7 @@ def add_btu_options(p):
 def btu_config(a, **extra):
     from .config import BTUConfig
 
-    kw = dict(rounds=a.rounds, alpha=a.alpha, detect_epochs=a.detect_epochs, detect_batch_size=a.detect_batch_size,
+    kw = dict(rounds=a.rounds, alpha=a.alpha, score=a.score, detect_epochs=a.detect_epochs, detect_batch_size=a.detect_batch_size,
               detect_lr=a.detect_lr, shallow_batch_size=a.shallow_batch_size, shallow_lr=a.shallow_lr,
               shallow_masked_pooling=not a.unmasked_pooling, shallow_pad_to=a.shallow_pad_to, seed=a.seed,
               progress=not a.no_progress, max_length=a.max_length)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ...errors import ConfigError
 
+SCORES = ("distance", "relative")
 UNLEARN_METHODS = ("btu", "row", "pr1", "pr2", "pn", "none")
 THRESHOLDS = ("mean", "frobenius")
 PADDINGS = ("pretrained", "victim", "zero")
@@ -30,6 +31,8 @@ class BTUConfig:
     shallow_lr: float = 2e-5
     shallow_masked_pooling: bool = True  # False: average padding positions too (authors' code)
     shallow_pad_to: int | None = None  # authors' code: 128
+    score: str = "distance"  # distance (paper) | relative: distance over that of tokens of similar frequency
+    min_count: int = 5  # relative score: tokens in fewer rows score 0
     record_every: int | None = None  # distance history every N steps (None: about 100 points a round)
     # stage 2: unlearning
     unlearn: str = "btu"  # btu (Eq. 7) | row | pr1 | pr2 | pn | none
@@ -59,7 +62,7 @@ class BTUConfig:
             raise ConfigError("round 3 removes round 2's tokens, so it needs round 2")
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
-        for name, allowed in (("unlearn", UNLEARN_METHODS), ("threshold", THRESHOLDS),
+        for name, allowed in (("score", SCORES), ("unlearn", UNLEARN_METHODS), ("threshold", THRESHOLDS),
                               ("padding", PADDINGS), ("change_from", CHANGE_FROM)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

@@ -40,16 +40,45 @@ def top_tokens(distances: torch.Tensor, k: int, exclude_ids=()) -> list[tuple[in
     return [(int(i), float(v)) for i, v in zip(idx, vals)]
 
 
+def row_counts(input_ids, vocab_size: int) -> torch.Tensor:
+    """How many rows contain each token."""
+    flat = [t for row in input_ids for t in set(row) if 0 <= t < vocab_size]
+    return torch.bincount(torch.tensor(flat, dtype=torch.long), minlength=vocab_size)
+
+
+def relative_scores(distances: torch.Tensor, counts: torch.Tensor, min_count: int = 5) -> torch.Tensor:
+    """Distance over the median distance of the tokens of similar frequency (log2 bins).
+
+    A token in most rows moves because every batch pushes it; a trigger moves because each of
+    its rows pushes it the same way. Dividing by what a token's frequency predicts keeps the
+    second and discounts the first. Tokens in fewer than min_count rows score 0.
+    """
+    scores = torch.zeros_like(distances)
+    ok = counts >= max(1, min_count)
+    bins = torch.floor(torch.log2(counts.clamp(min=1).float())).long()
+    for b in bins[ok].unique():
+        members = ok & (bins == b)
+        median = distances[members].median()
+        if median > 0:
+            scores[members] = distances[members] / median
+    return scores
+
+
+def ranking_scores(distances, counts, method: str, min_count: int) -> torch.Tensor:
+    return distances if method == "distance" else relative_scores(distances, counts, min_count)
+
+
 @dataclass
 class RoundResult:
     round: int
-    flagged: list  # [(token id, distance)] best first
+    flagged: list  # [(token id, score)] best first; the score is the distance unless cfg.score says otherwise
     distances: torch.Tensor  # final distance of every vocabulary row
     history: torch.Tensor  # [records, vocab] distances over training
     history_steps: list
     seconds: float
     final_loss: float
     trained_embeddings: torch.Tensor | None = None  # round 1's matrix, for change_from=round1
+    counts: torch.Tensor | None = None  # rows containing each token in this round's data
 
 
 @dataclass
@@ -103,15 +132,18 @@ def _run_round(n, model, tokenizer, input_ids, labels, cfg: BTUConfig, pretraine
     weight = model.get_input_embeddings().weight
     recorder.record(res.steps, model)
     dist = row_distances(weight, pretrained).cpu()
-    return RoundResult(n, top_tokens(dist, k, exclude), dist, recorder.history(), recorder.steps,
+    counts = row_counts(input_ids, len(dist))
+    scores = ranking_scores(dist, counts, cfg.score, cfg.min_count)
+    return RoundResult(n, top_tokens(scores, k, exclude), dist, recorder.history(), recorder.steps,
                        time.perf_counter() - start, res.final_loss,
-                       weight.detach().float().cpu().clone() if n == 1 else None)
+                       weight.detach().float().cpu().clone() if n == 1 else None, counts)
 
 
-def _reflag(r: RoundResult, k: int, exclude) -> RoundResult:
-    """The same trained round, flagged again with another k (an alpha sweep needs no retraining)."""
-    return RoundResult(r.round, top_tokens(r.distances, k, exclude), r.distances, r.history, r.history_steps,
-                       r.seconds, r.final_loss, r.trained_embeddings)
+def _reflag(r: RoundResult, k: int, exclude, cfg: BTUConfig) -> RoundResult:
+    """The same trained round, flagged again with another k or score (a sweep needs no retraining)."""
+    scores = ranking_scores(r.distances, r.counts, cfg.score, cfg.min_count)
+    return RoundResult(r.round, top_tokens(scores, k, exclude), r.distances, r.history, r.history_steps,
+                       r.seconds, r.final_loss, r.trained_embeddings, r.counts)
 
 
 def detect(model, tokenizer, input_ids, labels, num_labels: int, cfg: BTUConfig,
@@ -136,7 +168,7 @@ def detect(model, tokenizer, input_ids, labels, num_labels: int, cfg: BTUConfig,
 
     if 1 in cfg.rounds:
         if 1 in old:
-            out.rounds.append(_reflag(old[1], k, exclude))
+            out.rounds.append(_reflag(old[1], k, exclude, cfg))
         else:
             m = copy.deepcopy(model)
             out.rounds.append(_run_round(1, m, tokenizer, input_ids, labels, cfg, pretrained, exclude, "embeddings",
@@ -144,7 +176,7 @@ def detect(model, tokenizer, input_ids, labels, num_labels: int, cfg: BTUConfig,
             del m
     if 2 in cfg.rounds:
         if 2 in old:
-            r2 = _reflag(old[2], k, exclude)
+            r2 = _reflag(old[2], k, exclude, cfg)
         else:
             r2 = _run_round(2, shallow(200), tokenizer, input_ids, labels, cfg, pretrained, exclude, "all",
                             cfg.shallow_batch_size, cfg.shallow_lr, k)
@@ -152,7 +184,7 @@ def detect(model, tokenizer, input_ids, labels, num_labels: int, cfg: BTUConfig,
         if 3 in cfg.rounds:
             removed = {t for t, _ in r2.flagged}
             if 3 in old and 2 in old and removed == {t for t, _ in old[2].flagged}:
-                out.rounds.append(_reflag(old[3], k, exclude | removed))
+                out.rounds.append(_reflag(old[3], k, exclude | removed, cfg))
             else:
                 ids3 = [[t for t in row if t not in removed] for row in input_ids]
                 out.rounds.append(_run_round(3, shallow(300), tokenizer, ids3, labels, cfg, pretrained,

@@ -49,12 +49,12 @@ def describe_flagged(detection: DetectionResult, tokenizer, input_ids, dataset: 
     for t in ids:
         rounds = {}
         for r in detection.rounds:
-            for rank, (tid, dist) in enumerate(r.flagged, 1):
+            for rank, (tid, score) in enumerate(r.flagged, 1):
                 if tid == t:
-                    rounds[r.round] = {"rank": rank, "distance": dist}
+                    rounds[r.round] = {"rank": rank, "distance": float(r.distances[t]), "score": score}
         rows = carriers[t]
         out.append({"id": t, "token": tokenizer.convert_ids_to_tokens(t), "rounds": rounds,
-                    "score": max(v["distance"] for v in rounds.values()), "rows": len(rows),
+                    "score": max(v["score"] for v in rounds.values()), "rows": len(rows),
                     "poisoned_rows": sum(1 for r in rows if flags[r]) if flags is not None else None,
                     "row_ids": rows})
     return out
