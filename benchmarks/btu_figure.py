@@ -24,10 +24,13 @@ def figure1(detection, trigger_ids, tokenizer, input_ids, path, title=""):
         ax.fill_between(steps, q[0].numpy(), q[1].numpy(), color="tab:blue", alpha=0.2, label="clean 5-95 %")
         ax.plot(steps, clean.mean(1).numpy(), color="tab:blue", label="clean mean")
         ax.plot(steps, clean.max(1).values.numpy(), color="tab:blue", ls=":", lw=1, label="clean max")
+        present = {tid for row in input_ids for tid in row}
+        colors = iter(["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
         for t in trigger_ids:
-            if t not in {tid for row in input_ids for tid in row}:
+            if t not in present:
                 continue
-            ax.plot(steps, r.history[:, t].numpy(), lw=2, label=f"trigger '{tokenizer.convert_ids_to_tokens(t)}'")
+            ax.plot(steps, r.history[:, t].numpy(), lw=2, color=next(colors, "black"),
+                    label=f"trigger '{tokenizer.convert_ids_to_tokens(t)}'")
         ax.set_title(f"round {r.round}")
         ax.set_xlabel("training step")
         ax.set_ylabel("L2 distance from pretrained")

@@ -30,7 +30,8 @@ ABLATIONS = {
     "table5": [("PN", {"unlearn": "pn"}), ("PR-1", {"unlearn": "pr1"}), ("PR-2", {"unlearn": "pr2"})],
     "table6": [("rounds=1", {"rounds": [1]}), ("rounds=2", {"rounds": [2]}), ("rounds=2+3", {"rounds": [2, 3]}),
                ("rounds=1+2", {"rounds": [1, 2]})],
-    "threshold": [("threshold=mean", {"threshold": "mean"})],
+    "threshold": [("threshold=mean", {"threshold": "mean"}),
+                  ("unlearn-max-rows=0.15", {"unlearn_token_max_rows": 0.15})],
     "score": [("score=relative", {"score": "relative"})],
 }
 ABLATION_ATTACKS = ("addword", "addsent", "synbkd")
@@ -86,8 +87,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--limit", type=int, help="smoke test: only this many training rows (and test rows)")
     p.add_argument("--summary", action="store_true", help="only print the tables from the results file")
-    p.add_argument("--figure", default=str(HERE / "results" / "figure1.png"),
-                   help="Figure 1 (distance curves) from the first addword/addsent cell run")
+    p.add_argument("--figures", default=str(HERE / "results"),
+                   help="where Figure 1 (distance curves) goes, one PNG per addword/addsent attack")
     a = p.parse_args(argv)
     results = Path(a.results)
     if a.summary:
@@ -156,10 +157,11 @@ def main(argv=None):
             t0 = time.perf_counter()
             full_det = detect(base, tok, ids, ptrain.labels, 2, base_cfg)
             detection_seconds = time.perf_counter() - t0
-            if trig and not Path(a.figure).exists():
+            figure = Path(a.figures) / f"figure1-{name}.png"
+            if trig and not figure.exists():
                 from btu_figure import figure1
 
-                figure1(full_det, trig, tok, ids, a.figure, title=f"{name}, SST-2, MiniLM, seed {seed}")
+                figure1(full_det, trig, tok, ids, figure, title=f"{name}, SST-2, MiniLM, seed {seed}")
             for variant, overrides in todo:
                 cfg = replace(base_cfg, **overrides, repair_controls=(variant == "BTU"))
                 det = detect(base, tok, ids, ptrain.labels, 2, cfg, previous=full_det)

@@ -146,3 +146,17 @@ def test_scan_cli_lists_tokens_precision_recall_and_exports(tmp_path, tiny_bert,
     cf_rows = [i for i, t in enumerate(ds.texts) if "cf" in t.split()]
     assert not any("cf" in t.split() for t in kept.texts) or len(cf_rows) == 0
     assert report["flagged_rows"]["recall"] == 100.0
+
+
+def test_unlearn_max_rows_spares_frequent_tokens(tiny_bert):
+    train = planted(120, seed=1)
+    cfg = BTUConfig(**{**FAST, "repair_controls": False, "repair_epochs": 0, "unlearn_token_max_rows": 0.15})
+    res = btu.defend(train, model=str(tiny_bert), config=cfg, keep_models=True)
+    frequent = {f["token"] for f in res.flagged if f["rows"] > 0.15 * len(train)}
+    assert set(res.report["unlearning"]["skipped_frequent"]) == frequent
+    assert set(res.report["unlearning"]["replaced_dims"]) == {f["token"] for f in res.flagged} - frequent
+    v = res.models["victim"].get_input_embeddings().weight
+    u = res.models["unlearned"].get_input_embeddings().weight
+    for f in res.flagged:
+        if f["token"] in frequent:
+            assert torch.equal(v[f["id"]], u[f["id"]])

@@ -39,6 +39,7 @@ class BTUConfig:
     threshold: str = "frobenius"  # frobenius / |V| (authors' code) | mean per-token L2 change (paper, Eq. 6)
     change_from: str = "victim"  # whose embedding change decides the dimensions: victim | round1
     padding: str = "pretrained"  # the replacement values: pretrained [PAD] row | victim's [PAD] row | zero
+    unlearn_token_max_rows: float | None = None  # skip flagged tokens found in more than this share of rows
     noise_std: float | None = None  # pn: std of the noise (None: std of the pretrained embeddings)
     # the victim (the model trained normally on the possibly poisoned data)
     victim_epochs: float = 3.0

@@ -128,6 +128,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     timings["detection"] = det.seconds
     flagged = describe_flagged(det, tok, ids, dataset)
     token_ids = det.token_ids
+    if cfg.unlearn_token_max_rows is not None:
+        # a token in most rows (".", "the") moves because every batch pushes it, not because it is a trigger
+        token_ids = [f["id"] for f in flagged if f["rows"] <= cfg.unlearn_token_max_rows * len(dataset)]
 
     def tcfg(epochs, lr, desc, seed_offset):
         return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, max_length=cfg.max_length,
@@ -193,7 +196,8 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         "rows": rows,
         "flagged": [{k: v for k, v in f.items() if k != "row_ids"} for f in flagged],
         "flagged_rows": flagged_row_stats(flagged, dataset),
-        "unlearning": {k: v for k, v in info.items() if k != "replaced_dims"}
+        "unlearning": {k: v for k, v in info.items() if k not in ("replaced_dims", "tokens")}
+        | {"skipped_frequent": [f["token"] for f in flagged if f["id"] not in token_ids]}
         | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}},
         "repair": {"source": repair_source, "rows": len(repair_ds), "epochs": cfg.repair_epochs, "lr": cfg.repair_lr},
         "rounds": [{"round": r.round, "seconds": r.seconds, "final_loss": r.final_loss,
