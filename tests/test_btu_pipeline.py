@@ -51,7 +51,7 @@ def test_rows_containing_and_row_stats():
     from btu.data import TextDataset
 
     ds = TextDataset(["a", "b", "c"], [0, 1, 1], ["n", "p"], poisoned=[True, False, False])
-    stats = flagged_row_stats([{"row_ids": [0, 2]}], ds)
+    stats = flagged_row_stats([{"rows": 2, "row_ids": [0, 2]}], ds)
     assert stats["flagged_rows"] == 2 and stats["true_positives"] == 1
     assert stats["precision"] == 50.0 and stats["recall"] == 100.0
 
@@ -160,3 +160,12 @@ def test_unlearn_max_rows_spares_frequent_tokens(tiny_bert):
     for f in res.flagged:
         if f["token"] in frequent:
             assert torch.equal(v[f["id"]], u[f["id"]])
+
+
+def test_suspect_rows_ignore_tokens_in_most_rows():
+    from btu.defenses.btu.pipeline import suspect_rows
+
+    flagged = [{"rows": 2, "row_ids": [0, 3]}, {"rows": 9, "row_ids": list(range(9))}]
+    assert suspect_rows(flagged, 10, 0.15) == set()  # 2 of 10 rows is above 15 %
+    assert suspect_rows(flagged, 20, 0.15) == {0, 3}
+    assert suspect_rows(flagged, 20) == set(range(9))

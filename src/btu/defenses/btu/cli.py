@@ -75,7 +75,8 @@ def cmd_scan(a):
     cfg = btu_config(a, precision=a.precision)
     flagged, det, stats = scan(ds, a.model, cfg)
     print(flagged_table(flagged))
-    print(f"\n{stats['flagged_rows']} of {stats['rows']} training rows carry a flagged token.")
+    print(f"\n{stats['flagged_rows']} of {stats['rows']} training rows carry a flagged token "
+          f"(tokens in more than {stats['max_share']:.0%} of rows do not count).")
     if "precision" in stats:
         print(f"Against the ground-truth poison flags: precision {stats['precision']:.1f} %, recall "
               f"{stats['recall']:.1f} % ({stats['true_positives']} of {stats['poisoned_rows']} poisoned rows).")
@@ -88,12 +89,13 @@ def cmd_scan(a):
               "examples": examples, "data": {"train": ds.source, "rows": len(ds)}, "config": cfg.to_dict(),
               "timings": {"detection": det.seconds}}
     if a.export_clean:
-        rows = set()
-        for f in flagged:
-            rows.update(f["row_ids"])
+        from .pipeline import suspect_rows
+
+        rows = suspect_rows(flagged, len(ds), cfg.repair_token_max_rows)
         keep = [i for i in range(len(ds)) if i not in rows]
         write_file(ds.subset(keep), a.export_clean)
-        print(f"wrote {a.export_clean}: {len(keep)} rows without a flagged token")
+        print(f"wrote {a.export_clean}: {len(keep)} rows without a flagged token "
+              f"(tokens in more than {cfg.repair_token_max_rows:.0%} of rows do not count)")
     if a.out:
         out = Path(a.out)
         atomic_write_json(out / "scan.json", report)

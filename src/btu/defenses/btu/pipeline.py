@@ -60,12 +60,24 @@ def describe_flagged(detection: DetectionResult, tokenizer, input_ids, dataset: 
     return out
 
 
-def flagged_row_stats(flagged: list[dict], dataset: TextDataset) -> dict:
-    """How many rows carry a flagged token; with ground truth, precision and recall of those rows."""
+def suspect_rows(flagged: list[dict], n_rows: int, max_share: float = 1.0) -> set[int]:
+    """Rows that carry a flagged token found in at most max_share of the rows.
+
+    A token in most rows (".", "the") cannot be the trigger of a poison rate below max_share
+    without poisoning most of the data, so its rows are not suspects.
+    """
     rows = set()
     for f in flagged:
-        rows.update(f["row_ids"])
-    stats = {"flagged_rows": len(rows), "rows": len(dataset)}
+        if f["rows"] <= max_share * n_rows:
+            rows.update(f["row_ids"])
+    return rows
+
+
+def flagged_row_stats(flagged: list[dict], dataset: TextDataset, max_share: float = 1.0) -> dict:
+    """How many rows carry a flagged token (of at most max_share of the rows); with ground
+    truth, precision and recall of those rows."""
+    rows = suspect_rows(flagged, len(dataset), max_share)
+    stats = {"flagged_rows": len(rows), "rows": len(dataset), "max_share": max_share}
     if dataset.poisoned is not None:
         poisoned = {i for i, p in enumerate(dataset.poisoned) if p}
         hit = len(rows & poisoned)
@@ -92,7 +104,7 @@ def scan(train_data, model="minilm", config: BTUConfig | None = None, tokenizer=
     ids = encode(tok, dataset.texts, cfg.max_length)
     det = detect(base, tok, ids, dataset.labels, dataset.num_labels, cfg)
     flagged = describe_flagged(det, tok, ids, dataset)
-    return flagged, det, flagged_row_stats(flagged, dataset)
+    return flagged, det, flagged_row_stats(flagged, dataset, cfg.repair_token_max_rows)
 
 
 def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=None, target=None,
@@ -140,7 +152,6 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         return evaluate(m, tok, test_ds, ptest_ds, target_id, precision=cfg.precision) if test_ds or ptest_ds else {}
 
     # the victim: trained normally on the possibly poisoned data
-    start = time.perf_counter()
     if victim is None:
         vmodel = copy.deepcopy(base)
         vres = train(vmodel, tok, input_ids=ids, labels=dataset.labels,
@@ -167,10 +178,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_ids = encode(tok, repair_ds.texts, cfg.max_length)
         repair_source = repair_ds.source or "clean data"
     else:
-        carriers = set()
-        for f in flagged:
-            if f["rows"] <= cfg.repair_token_max_rows * len(dataset):
-                carriers.update(f["row_ids"])
+        carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
         keep = [i for i in range(len(dataset)) if i not in carriers]
         repair_ds = dataset.subset(keep)
         repair_ids = [ids[i] for i in keep]
@@ -195,7 +203,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     report = {
         "rows": rows,
         "flagged": [{k: v for k, v in f.items() if k != "row_ids"} for f in flagged],
-        "flagged_rows": flagged_row_stats(flagged, dataset),
+        "flagged_rows": flagged_row_stats(flagged, dataset, cfg.repair_token_max_rows),
         "unlearning": {k: v for k, v in info.items() if k not in ("replaced_dims", "tokens")}
         | {"skipped_frequent": [f["token"] for f in flagged if f["id"] not in token_ids]}
         | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}},

@@ -40,7 +40,8 @@ def markdown_report(report: dict, title: str = "BTU report") -> str:
                   "the ASR a model without the backdoor shows."]
     lines += ["", "## Flagged tokens", "", flagged_table(report["flagged"], markdown=True)]
     fr = report.get("flagged_rows", {})
-    lines += ["", f"{fr.get('flagged_rows')} of {fr.get('rows')} training rows carry a flagged token."]
+    lines += ["", f"{fr.get('flagged_rows')} of {fr.get('rows')} training rows carry a flagged token "
+                  f"(tokens in more than {fr.get('max_share', 1):.0%} of the rows do not count)."]
     if fr.get("precision") is not None:
         lines += [f"Against the ground-truth poison flags: precision {fr['precision']:.1f} %, "
                   f"recall {fr['recall']:.1f} % ({fr['true_positives']} of {fr['poisoned_rows']} poisoned rows)."]
