@@ -51,11 +51,13 @@ def summarize(results: list[dict]) -> str:
                 cells.append("n/a" if v is None else f"{v['flagged_rank'] or '-'} (vocab #{v['vocab_rank']})")
             out.append(f"| {r['attack']} | {r['seed']} | {tok} | " + " | ".join(cells) + " |")
     out += ["", "## Flagged rows against the ground truth", "",
-            "| attack | seed | flagged tokens | rows with a flagged token | precision % | recall % |",
-            "|---|---|---:|---:|---:|---:|"]
+            "| attack | seed | flagged tokens | tokens counted (in at most this share of rows) | rows with a "
+            "flagged token | precision % | recall % |",
+            "|---|---|---:|---|---:|---:|---:|"]
     for r in main:
         fr = r["flagged_rows"]
-        out.append(f"| {r['attack']} | {r['seed']} | {len(r['flagged'])} | {fr['flagged_rows']} | "
+        share = fr.get("max_share", 1.0)
+        out.append(f"| {r['attack']} | {r['seed']} | {len(r['flagged'])} | {share:.0%} | {fr['flagged_rows']} | "
                    f"{fr.get('precision', float('nan')):.1f} | {fr.get('recall', float('nan')):.1f} |")
 
     abl = [r for r in results if r["variant"] != "BTU"]
