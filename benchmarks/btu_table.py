@@ -34,7 +34,8 @@ ABLATIONS = {
     "ours": [("threshold=mean", {"threshold": "mean"}),
              ("unlearn-max-rows=0.15", {"unlearn_token_max_rows": 0.15}),
              ("score=relative", {"score": "relative"}),
-             ("repair=sst2-dev", {"clean_data": "dev"})],
+             ("repair=sst2-dev", {"clean_data": "dev"}),
+             ("repair-filter=agree", {"repair_filter": "agree"})],
 }
 ABLATIONS["threshold"] = ABLATIONS["score"] = ABLATIONS["ours"]  # the names of an earlier run
 ABLATION_ATTACKS = ("addword", "addsent", "synbkd")

@@ -169,3 +169,14 @@ def test_suspect_rows_ignore_tokens_in_most_rows():
     assert suspect_rows(flagged, 10, 0.15) == set()  # 2 of 10 rows is above 15 %
     assert suspect_rows(flagged, 20, 0.15) == {0, 3}
     assert suspect_rows(flagged, 20) == set(range(9))
+
+
+def test_repair_filter_agree_drops_rows_the_unlearned_model_disputes(tiny_bert):
+    train = planted(120, seed=1)
+    base = BTUConfig(**{**FAST, "repair_controls": False, "repair_epochs": 0})
+    plain = btu.defend(train, model=str(tiny_bert), config=base)
+    agree = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**{**base.to_dict(), "repair_filter": "agree"}))
+    assert agree.report["repair"]["rows"] <= plain.report["repair"]["rows"]
+    assert "disputes" in agree.report["repair"]["source"]
+    with pytest.raises(ConfigError):
+        BTUConfig(repair_filter="loss")

@@ -38,7 +38,8 @@ def cmd_defend(a):
     from .report import flagged_table, result_table, write_report
     from ...cli import attack_config, data_config
 
-    cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows, threshold=a.threshold, padding=a.padding, change_from=a.change_from,
+    cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
+                     repair_filter=a.repair_filter, threshold=a.threshold, padding=a.padding, change_from=a.change_from,
                      victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
                      repair_lr=a.repair_lr, repair_controls=not a.no_controls, precision=a.precision)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
@@ -126,6 +127,8 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--change-from", default="victim", choices=["victim", "round1"])
     g.add_argument("--unlearn-max-rows", type=float, default=None,
                    help="do not unlearn flagged tokens found in more than this share of training rows (e.g. 0.15)")
+    g.add_argument("--repair-filter", choices=["none", "agree"], default="none",
+                   help="without --clean-data: agree = also drop rows whose label the unlearned model disputes")
     g.add_argument("--repair-epochs", type=float, default=1.0)
     g.add_argument("--repair-lr", type=float, default=2e-5)
     g.add_argument("--no-controls", action="store_true", help="skip the repair-only control model")

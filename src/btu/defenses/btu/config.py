@@ -50,6 +50,7 @@ class BTUConfig:
     repair_epochs: float = 1.0
     repair_lr: float = 2e-5
     repair_token_max_rows: float = 0.15  # default repair set: drop carriers of flagged tokens found in at most this share of rows
+    repair_filter: str = "none"  # default repair set: agree = also drop rows the unlearned model mislabels
     repair_controls: bool = True  # also train "repair only" (no unlearning) for the report
     precision: str = "auto"
     seed: int = 0
@@ -63,7 +64,7 @@ class BTUConfig:
             raise ConfigError("round 3 removes round 2's tokens, so it needs round 2")
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
-        for name, allowed in (("score", SCORES), ("unlearn", UNLEARN_METHODS), ("threshold", THRESHOLDS),
+        for name, allowed in (("repair_filter", ("none", "agree")), ("score", SCORES), ("unlearn", UNLEARN_METHODS), ("threshold", THRESHOLDS),
                               ("padding", PADDINGS), ("change_from", CHANGE_FROM)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

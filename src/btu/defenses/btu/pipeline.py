@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...data import TextDataset, load_source
-from ...training import TrainConfig, evaluate, train
+from ...training import TrainConfig, evaluate, predict, train
 from ...training.batching import encode
 from ...training.seeding import seed_everything
 from ..base import register_defense
@@ -180,9 +180,16 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     else:
         carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
         keep = [i for i in range(len(dataset)) if i not in carriers]
+        repair_source = f"training set minus {len(carriers)} rows with a flagged token"
+        if cfg.repair_filter == "agree":
+            # dirty-label poison that carries no flagged token (a paraphrase trigger) is labelled
+            # against its content: once unlearned, the model disagrees with those labels
+            preds = predict(unlearned, tok, input_ids=[ids[i] for i in keep], precision=cfg.precision)
+            kept = [i for i, p in zip(keep, preds) if p == dataset.labels[i]]
+            repair_source += f" and {len(keep) - len(kept)} rows whose label the unlearned model disputes"
+            keep = kept
         repair_ds = dataset.subset(keep)
         repair_ids = [ids[i] for i in keep]
-        repair_source = f"training set minus {len(carriers)} rows with a flagged token"
     start = time.perf_counter()
     defended = unlearned
     if cfg.repair_epochs > 0 and len(repair_ds):
