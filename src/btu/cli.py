@@ -110,7 +110,8 @@ def cmd_train(a):
                "final_loss": res.final_loss, **evaluate_splits(model, tok, splits)}
     save_run(Path(a.out), model, tok, metrics, run_config("train", a.seed, a.model, data, acfg, tcfg))
     print(table([{"model": "trained" + (f" ({acfg['attack']})" if acfg else ""), "CACC": metrics.get("cacc"),
-                  "ASR": metrics.get("asr"), "train s": res.seconds}]))
+                  "ASR": metrics.get("asr"), "ASR without trigger": metrics.get("asr_no_trigger"),
+                  "train s": res.seconds}]))
     print(f"wrote {a.out}/model, metrics.json, config.json")
 
 
@@ -135,7 +136,8 @@ def cmd_evaluate(a):
     from .training import evaluate
 
     m = evaluate(model, tok, test, splits.poison_test, splits.target, precision=a.precision)
-    print(table([{"model": a.model, "CACC": m.get("cacc"), "ASR": m.get("asr"), "clean rows": m.get("n_clean"),
+    print(table([{"model": a.model, "CACC": m.get("cacc"), "ASR": m.get("asr"),
+                  "ASR without trigger": m.get("asr_no_trigger"), "clean rows": m.get("n_clean"),
                   "ASR rows": m.get("n_poisoned")}]))
     if a.out:
         atomic_write_json(Path(a.out) / "metrics.json", m)
