@@ -112,7 +112,7 @@ def main(argv=None):
     from btu.defenses.btu import BTUConfig, detect
     from btu.defenses.btu.pipeline import defend
     from btu.models import load_classifier, save_model
-    from btu.training import TrainConfig, train
+    from btu.training import TrainConfig, seed_everything, train
     from btu.training.batching import encode
 
     done = {(r["attack"], r["seed"], r["variant"], r["victim_epochs"]) for r in read_results(results)}
@@ -139,6 +139,7 @@ def main(argv=None):
             ptrain = attack.poison_train(train_ds, seed)
             ptest = attack.poison_test(asr_source, seed)
             base_cfg = BTUConfig(seed=seed, victim_epochs=a.victim_epochs, progress=sys.stderr.isatty())
+            seed_everything(seed)  # the new head's initialisation (frozen in detection round 1) depends on it
             base, tok = load_classifier(a.model, label_names=train_ds.label_names)
             ids = encode(tok, ptrain.texts)
             trig = trigger_token_ids(tok, attack)
