@@ -63,14 +63,17 @@ def summarize(results: list[dict]) -> str:
     abl = [r for r in results if r["variant"] != "BTU"]
     if abl:
         out += ["", "## Ablations (seed of the first run; CACC / ASR after unlearning + repair, and after "
-                "unlearning only)", "", "| attack | variant | BTU CACC | BTU ASR | unlearn-only CACC | "
-                "unlearn-only ASR | flagged tokens |", "|---|---|---:|---:|---:|---:|---:|"]
+                "unlearning only)", "", "| attack | variant | BTU CACC | BTU ASR | BTU ASR without trigger | "
+                "unlearn-only CACC | unlearn-only ASR | flagged tokens | repair rows |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         base = {(r["attack"], r["seed"]): r for r in main}
         for r in sorted(abl + [b for b in main if any(x["attack"] == b["attack"] and x["seed"] == b["seed"]
                                                          for x in abl)], key=lambda x: (x["attack"], x["variant"])):
             b, u = r["rows"]["BTU (unlearning + repair)"], r["rows"]["unlearning only"]
-            out.append(f"| {r['attack']} | {r['variant']} | {b['cacc']:.2f} | {b['asr']:.2f} | {u['cacc']:.2f} | "
-                       f"{u['asr']:.2f} | {len(r['flagged'])} |")
+            floor = b.get("asr_no_trigger")
+            out.append(f"| {r['attack']} | {r['variant']} | {b['cacc']:.2f} | {b['asr']:.2f} | "
+                       f"{'-' if floor is None else f'{floor:.2f}'} | {u['cacc']:.2f} | "
+                       f"{u['asr']:.2f} | {len(r['flagged'])} | {r['repair']['rows']} |")
         del base
 
     out += ["", "## Cost (seconds, same run)", "",
