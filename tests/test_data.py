@@ -312,3 +312,21 @@ def test_unknown_source_name():
         load_source("no-such-dataset-name", "train")
     assert "no-such-dataset-name" in str(info.value)
     assert "built-in" in str(info.value)
+
+
+def test_hugging_face_source_without_the_datasets_package_says_what_to_install(monkeypatch):
+    import builtins
+
+    from btu.data import load_source
+    from btu.errors import DataError
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("No module named 'datasets'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(DataError, match="pip install datasets"):
+        load_source("hf:glue:sst2", "train")
