@@ -116,25 +116,17 @@ def cmd_train(a):
 
 
 def cmd_evaluate(a):
-    from .data import load_source
-    from .experiment import DataConfig, Splits, apply_attack, attack_record, run_config
+    from .experiment import DataConfig, apply_attack, evaluation_splits, run_config
     from .io import atomic_write_json
     from .models import load_classifier, model_label_names
     from .report import table
-
-    model, tok = load_classifier(a.model, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
-    names = model_label_names(model)
-    kw = dict(text_column=a.text_column, label_column=a.label_column)
-    test = load_source(a.test, "test", names, **kw)
-    poison_test = load_source(a.poison_test, "test", names, **kw) if a.poison_test else None
-    if poison_test is None and a.attack is None:
-        from .data.sources import has_split
-        if has_split(a.test, "poison-test"):
-            poison_test = load_source(a.test, "poison-test", names, **kw)
-    splits = Splits(test, None, test, poison_test, recorded_target=attack_record(a.test).get("target_name"))
-    splits, acfg = apply_attack(splits, attack_config(a), a.seed)
     from .training import evaluate
 
+    model, tok = load_classifier(a.model, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
+    splits = evaluation_splits(a.test, a.poison_test, model_label_names(model), a.text_column, a.label_column,
+                               look_for_poisoned=a.attack is None)
+    splits, acfg = apply_attack(splits, attack_config(a), a.seed)
+    test = splits.test
     m = evaluate(model, tok, test, splits.poison_test, splits.target, precision=a.precision)
     print(table([{"model": a.model, "CACC": m.get("cacc"), "ASR": m.get("asr"),
                   "ASR without trigger": m.get("asr_no_trigger"), "clean rows": m.get("n_clean"),

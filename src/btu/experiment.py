@@ -93,6 +93,18 @@ def load_splits(cfg: DataConfig, seed: int = 0, label_names=None) -> Splits:
     return Splits(train_ds, dev, test, poison_test, recorded_target=record.get("target_name"))
 
 
+def evaluation_splits(test_spec, poison_test_spec=None, label_names=None, text_column=None, label_column=None,
+                      look_for_poisoned=True) -> Splits:
+    """The splits `btu evaluate` needs: a clean test set, and ASR rows from --poison-test or
+    from the test-poisoned split of a `btu attack` folder (whose target is remembered)."""
+    kw = dict(text_column=text_column, label_column=label_column)
+    test = load_source(test_spec, "test", label_names, **kw)
+    poison_test = load_source(poison_test_spec, "test", label_names, **kw) if poison_test_spec else None
+    if poison_test is None and look_for_poisoned and has_split(test_spec, "poison-test"):
+        poison_test = load_source(test_spec, "poison-test", label_names, **kw)
+    return Splits(test, None, test, poison_test, recorded_target=attack_record(test_spec).get("target_name"))
+
+
 def apply_attack(splits: Splits, acfg: AttackConfig, seed: int) -> tuple[Splits, dict]:
     """Poison the training set and build the ASR set; returns the new splits and the attack's config."""
     wanted = acfg.target if acfg.target is not None else (splits.recorded_target or "1")

@@ -196,8 +196,8 @@ class SparseEmbeddingGrad:
     """Sparse word-embedding gradients, densified into one reused buffer.
 
     A dense embedding gradient is a fresh |V| x d tensor each step; on CPU, allocating and
-    zeroing it (47 MB for BERT's vocabulary) measured 48 ms a step, more than the rest of
-    the embedding's cost. The sparse gradient holds only the rows in the batch; AdamW then
+    zeroing it (47 MB for BERT's vocabulary) showed among the largest costs of a step in
+    profiling. The sparse gradient holds only the rows in the batch; AdamW then
     sees the same dense values it would have seen.
     """
 
