@@ -207,15 +207,17 @@ def test_set_trainable_choices(tiny_bert):
 def test_same_seed_same_weights_other_seed_other_weights(tiny_bert):
     texts, labels = toy_task(24)
     runs = {}
-    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+    for name, seed, fast in (("a", 7, True), ("b", 7, True), ("c", 8, True), ("torch", 7, False)):
         model, tok = load(tiny_bert)  # dropout on: the seed must cover it too
-        res = train(model, tok, texts, labels, fp32(epochs=1, batch_size=8, lr=1e-3, seed=seed))
+        res = train(model, tok, texts, labels, fp32(epochs=1, batch_size=8, lr=1e-3, seed=seed, fast_dropout=fast))
         runs[name] = (params(model), res.losses)
-    (pa, la), (pb, lb), (pc, lc) = runs["a"], runs["b"], runs["c"]
+    (pa, la), (pb, lb), (pc, lc), (_, lt) = runs["a"], runs["b"], runs["c"], runs["torch"]
     assert la == lb
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert la != lc
     assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+    assert la != lt  # the fast masks really replaced torch's inside train()
+    assert torch.nn.functional.dropout.__module__ == "torch.nn.functional"  # and torch's is back
 
 
 def test_empty_training_set_and_divergence_are_config_errors(tiny_bert):
@@ -270,7 +272,7 @@ def test_sparse_embedding_grad_equals_dense_grad(tiny_bert):
         model.zero_grad(set_to_none=True)
         backward(texts)
         assert emb.weight.grad.is_sparse
-        sparse.densify()
+        sparse.clip_and_densify(0)
         got = emb.weight.grad
         assert not got.is_sparse and got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
@@ -281,6 +283,31 @@ def test_sparse_embedding_grad_equals_dense_grad(tiny_bert):
     assert not emb.sparse and sparse.buffer is None
     # embeddings not being trained: nothing is made sparse
     assert SparseEmbeddingGrad(model, [model.classifier.weight]).module is None
+
+
+def test_clipping_on_sparse_rows_equals_clip_grad_norm(tiny_bert):
+    """clip_and_densify(max_norm) gives every gradient clip_grad_norm_ would, from the batch rows only."""
+    model, tok = load(tiny_bert)
+    model = no_dropout(model).train()
+    x, mask = collate(encode(tok, ["good good film", "a bad bad bad plot"]), tok.pad_token_id)
+
+    def backward():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=x, attention_mask=mask, labels=torch.tensor([1, 0])).loss.backward()
+
+    plist = list(model.parameters())
+    backward()
+    norm = torch.nn.utils.clip_grad_norm_(plist, 1e-3)
+    assert norm > 1e-2  # clipping really scales (by < 1/10)
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    sparse = SparseEmbeddingGrad(model, plist)
+    backward()
+    assert model.get_input_embeddings().weight.grad.is_sparse
+    sparse.clip_and_densify(1e-3)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-5, atol=1e-9, msg=lambda m: f"{n}: {m}")
+    sparse.restore()
 
 
 def test_training_loop_with_sparse_grads_matches_a_dense_loop(tiny_bert):

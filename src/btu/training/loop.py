@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from .batching import collate, encode, length_bucketed_batches
+from .dropout import fast_dropout
 from .seeding import seed_everything
 
 TRAINABLE_CHOICES = ("all", "embeddings", "head")
@@ -63,6 +64,7 @@ class TrainConfig:
     max_length: int = 128
     trainable: str | list = "all"  # all | embeddings (word embeddings only) | head | [name substrings]
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
+    fast_dropout: bool = True  # CPU dropout masks from numpy's PCG64 (training/dropout.py)
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -149,40 +151,45 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     labels_t = torch.tensor(labels, dtype=torch.long)
     result = TrainResult()
     bar = _progress(total_steps, cfg)
+
+    def one_step(batch) -> float:
+        ids, mask = collate([input_ids[i] for i in batch], pad_id, padding_side=side)
+        y = labels_t[batch]
+        with autocast(device, precision):
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=y.to(device))
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise ConfigError(f"training diverged (loss {loss.item()}) at step {step}; lower --lr")
+        loss.backward()
+        sparse.clip_and_densify(cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
     start = time.perf_counter()
     step, epoch = 0, 0
-    while step < total_steps:
-        for batch in length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch):
-            if step >= total_steps:
-                break
-            ids, mask = collate([input_ids[i] for i in batch], pad_id, padding_side=side)
-            y = labels_t[batch]
-            with autocast(device, precision):
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=y.to(device))
-            loss = out.loss
-            if not torch.isfinite(loss):
-                raise ConfigError(f"training diverged (loss {loss.item()}) at step {step}; lower --lr")
-            loss.backward()
-            sparse.densify()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            result.rows += len(batch)
-            result.losses.append(loss.item())
-            if on_step is not None:
-                on_step(step, model)
-            if bar is not None:
-                el = time.perf_counter() - start
-                bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.3f}",
-                                rows_s=f"{result.rows / el:.0f}", refresh=False)
-                bar.update(1)
-        epoch += 1
-    if bar is not None:
-        bar.close()
-    sparse.restore()
+    try:
+        with fast_dropout(cfg.seed, enabled=cfg.fast_dropout and device.type == "cpu"):
+            while step < total_steps:
+                for batch in length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch):
+                    if step >= total_steps:
+                        break
+                    result.losses.append(one_step(batch))
+                    step += 1
+                    result.rows += len(batch)
+                    if on_step is not None:
+                        on_step(step, model)
+                    if bar is not None:
+                        el = time.perf_counter() - start
+                        bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.3f}",
+                                        rows_s=f"{result.rows / el:.0f}", refresh=False)
+                        bar.update(1)
+                epoch += 1
+    finally:
+        if bar is not None:
+            bar.close()
+        sparse.restore()
     result.steps = step
     result.seconds = time.perf_counter() - start
     result.final_loss = sum(result.losses[-20:]) / len(result.losses[-20:])
@@ -193,41 +200,62 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
 
 
 class SparseEmbeddingGrad:
-    """Sparse word-embedding gradients, densified into one reused buffer.
+    """Sparse word-embedding gradients, clipped and densified into one reused buffer.
 
-    A dense embedding gradient is a fresh |V| x d tensor each step; on CPU, allocating and
-    zeroing it (47 MB for BERT's vocabulary) showed among the largest costs of a step in
-    profiling. The sparse gradient holds only the rows in the batch; AdamW then
-    sees the same dense values it would have seen.
+    A dense embedding gradient is a fresh |V| x d tensor each step, and clipping it reads and
+    scales all of it; on CPU those passes over 47 MB (BERT's vocabulary) were among the
+    largest costs of a step in profiling. Here the gradient's norm and scaling use only the
+    rows in the batch, and the buffer is zeroed only where the previous step wrote. AdamW
+    then sees the same dense values it would have seen.
     """
 
     def __init__(self, model, params):
         emb = model.get_input_embeddings()
         self.module = emb if isinstance(emb, torch.nn.Embedding) and any(p is emb.weight for p in params) else None
+        self.params = params
         self.buffer = None
+        self.rows = None
         if self.module is not None:
             self.was_sparse = self.module.sparse
             self.module.sparse = True
 
-    def densify(self):
-        if self.module is None:
+    def clip_and_densify(self, max_norm: float) -> None:
+        """clip_grad_norm_(params, max_norm) (no clipping when 0), then the dense embedding gradient."""
+        sparse = None
+        if self.module is not None:
+            w = self.module.weight
+            if w.grad is not None and w.grad.is_sparse:
+                sparse = w.grad.coalesce()
+                w.grad = None
+        dense = [p.grad for p in self.params if p.grad is not None]
+        values = sparse.values() if sparse is not None else None
+        if max_norm:
+            norms = list(torch._foreach_norm(dense)) if dense else []
+            if values is not None:
+                norms.append(torch.linalg.vector_norm(values))
+            if norms:
+                total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+                coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+                if dense:
+                    torch._foreach_mul_(dense, coef)
+                if values is not None:
+                    values = values * coef.to(values.dtype)
+        if sparse is None:
             return
         w = self.module.weight
-        g = w.grad
-        if g is None or not g.is_sparse:
-            return
-        g = g.coalesce()
         if self.buffer is None:
             self.buffer = torch.zeros_like(w)
-        else:
-            self.buffer.zero_()
-        self.buffer.index_add_(0, g.indices()[0], g.values().to(self.buffer.dtype))
+        elif self.rows is not None:
+            self.buffer.index_fill_(0, self.rows, 0.0)
+        self.rows = sparse.indices()[0]
+        self.buffer.index_add_(0, self.rows, values.to(self.buffer.dtype))
         w.grad = self.buffer
 
     def restore(self):
         if self.module is not None:
             self.module.sparse = self.was_sparse
             self.buffer = None
+            self.rows = None
 
 
 def _progress(total, cfg):
