@@ -6,7 +6,9 @@ finishes; a rerun skips finished cells. Victims (the expensive part) are cached 
 folders under --cache, so a restarted run also skips their training.
 
     .venv/bin/python benchmarks/btu_table.py                      # Table 1, seeds 0-2
-    .venv/bin/python benchmarks/btu_table.py --seeds 0 --ablations table4 table5 table6 threshold
+    .venv/bin/python benchmarks/btu_table.py --seeds 0 --ablations ours
+    .venv/bin/python benchmarks/btu_table.py --seeds 0 --attacks addsent synbkd --ablations table4 table5 table6 \
+        --results benchmarks/results/btu_ablations.jsonl   # Tables 4-6, with their own BTU row
     .venv/bin/python benchmarks/btu_table.py --summary            # print the tables from the results
 """
 
@@ -115,6 +117,9 @@ def main(argv=None):
     from btu.training import TrainConfig, seed_everything, train
     from btu.training.batching import encode
 
+    from throughput import git_commit
+
+    commit = git_commit()
     done = {(r["attack"], r["seed"], r["variant"], r["victim_epochs"]) for r in read_results(results)}
     test = load_source(str(SHARED / "sst2"), "test")
     if a.limit:
@@ -191,7 +196,7 @@ def main(argv=None):
                                    "detection": detection_seconds, "detection_rounds":
                                        {r.round: r.seconds for r in full_det.rounds},
                                    "defend_after_victim": time.perf_counter() - t0},
-                       "config": cfg.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                       "config": cfg.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit}
                 append_result(results, row)
                 done.add((name, seed, variant, a.victim_epochs))
                 r = row["rows"]

@@ -448,6 +448,9 @@ def main(argv=None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (resumed if it exists)")
     p.add_argument("--force", action="store_true", help="re-run measurements already in the results file")
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=["plain_fp32", "btu_bf16", "btu_fp32",
+                                                               "btu_bf16_embeddings"],
+                   help="measure (again) only these; the others stay as stored")
     p.add_argument("--fp32", action="store_true", help="also one btu epoch in fp32 (btu_fp32)")
     p.add_argument("--embeddings", action="store_true",
                    help='also one btu bf16 epoch with trainable="embeddings" (BTU detection round 1)')
@@ -525,8 +528,10 @@ def main(argv=None) -> int:
 
     ran = []
     for name, settings, fn in plan:
+        if a.only and name not in a.only:
+            continue
         old = ms.get(name)
-        if old and old.get("settings") == settings and not a.force:
+        if old and old.get("settings") == settings and not a.force and not a.only:
             print(f"{name}: already measured ({old['rows_per_second']:.1f} rows/s), skipped (--force re-runs)",
                   flush=True)
             continue

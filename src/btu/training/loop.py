@@ -14,6 +14,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import ConfigError
+from .allocator import keep_freed_memory
 from .batching import collate, encode, length_bucketed_batches
 from .dropout import fast_dropout
 from .seeding import seed_everything
@@ -124,6 +125,7 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     if not input_ids:
         raise ConfigError("no training rows")
     seed_everything(cfg.seed)
+    keep_freed_memory()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model.to(device)
