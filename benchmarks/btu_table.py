@@ -109,6 +109,8 @@ def main(argv=None):
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    from throughput import git_commit
+
     from btu.attacks import make_attack
     from btu.data import load_source
     from btu.defenses.btu import BTUConfig, detect
@@ -116,8 +118,6 @@ def main(argv=None):
     from btu.models import load_classifier, save_model
     from btu.training import TrainConfig, seed_everything, train
     from btu.training.batching import encode
-
-    from throughput import git_commit
 
     commit = git_commit()
     done = {(r["attack"], r["seed"], r["variant"], r["victim_epochs"]) for r in read_results(results)}

@@ -379,6 +379,7 @@ def median_run(fn, repeats: int) -> dict:
 def profile_btu(ds, steps: int, precision: str, trainable: str, seed: int, rows: int = 30) -> None:
     """torch.profiler over `steps` btu steps (after a short warm-up run): top ops by self CPU time."""
     import torch
+
     from btu.training import TrainConfig, train
 
     model, tok = fresh_model(ds.label_names)

@@ -19,8 +19,15 @@ def minilm_dir() -> Path | None:
 def make_tiny(arch: str, out: Path, vocab_size: int = 30522, num_labels: int = 2) -> Path:
     """Save a tiny random `arch` classifier with MiniLM's tokenizer into `out`."""
     import torch
-    from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2Config,
-                              GPT2ForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     torch.manual_seed(0)
     if arch == "bert":

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from test_btu_detection import planted
 
 import btu
 from btu.cli import main
@@ -12,8 +13,6 @@ from btu.defenses import DEFENSES, get_defense
 from btu.defenses.btu import BTUConfig
 from btu.defenses.btu.pipeline import flagged_row_stats, rows_containing
 from btu.errors import ConfigError
-
-from test_btu_detection import planted
 
 FAST = dict(alpha=0.01, detect_lr=5e-3, shallow_lr=5e-3, lr=5e-3, repair_lr=1e-3, victim_epochs=2,
             detect_epochs=1, repair_epochs=1, batch_size=16, detect_batch_size=16, shallow_batch_size=16,

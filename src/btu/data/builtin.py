@@ -80,7 +80,7 @@ def _split_groups(groups, names, source) -> dict[str, TextDataset]:
             parts[role][0].append(text)
             parts[role][1].append(label)
         done += len(groups[gi])
-    return {r: TextDataset(t, l, list(names), source=f"{source}:{r}") for r, (t, l) in parts.items()}
+    return {r: TextDataset(t, y, list(names), source=f"{source}:{r}") for r, (t, y) in parts.items()}
 
 
 BUILTINS = {"rotten-tomatoes": rotten_tomatoes, "bbc-news": bbc_news}

@@ -23,8 +23,9 @@ def add_btu_options(p):
 def btu_config(a, **extra):
     from .config import BTUConfig
 
-    kw = dict(rounds=a.rounds, alpha=a.alpha, score=a.score, detect_epochs=a.detect_epochs, detect_batch_size=a.detect_batch_size,
-              detect_lr=a.detect_lr, shallow_batch_size=a.shallow_batch_size, shallow_lr=a.shallow_lr,
+    kw = dict(rounds=a.rounds, alpha=a.alpha, score=a.score, detect_epochs=a.detect_epochs,
+              detect_batch_size=a.detect_batch_size, detect_lr=a.detect_lr,
+              shallow_batch_size=a.shallow_batch_size, shallow_lr=a.shallow_lr,
               shallow_masked_pooling=not a.unmasked_pooling, shallow_pad_to=a.shallow_pad_to, seed=a.seed,
               progress=not a.no_progress, max_length=a.max_length)
     kw.update(extra)
@@ -32,11 +33,11 @@ def btu_config(a, **extra):
 
 
 def cmd_defend(a):
+    from ...cli import attack_config, data_config
     from ...experiment import apply_attack, load_splits
     from ...models import save_model
     from .pipeline import defend, save_distances
     from .report import flagged_table, result_table, write_report
-    from ...cli import attack_config, data_config
 
     cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
                      repair_filter=a.repair_filter, threshold=a.threshold, padding=a.padding, change_from=a.change_from,
@@ -59,12 +60,12 @@ def cmd_defend(a):
 
 
 def cmd_scan(a):
+    from ...cli import attack_config, data_config
     from ...data import write_file
     from ...experiment import apply_attack, load_splits
     from ...io import atomic_write_json
     from .pipeline import save_distances, scan
     from .report import flagged_table, markdown_report
-    from ...cli import attack_config, data_config
 
     data = data_config(a)
     data.dev = data.test = None

@@ -49,7 +49,8 @@ class BTUConfig:
     # clean repair after unlearning
     repair_epochs: float = 1.0
     repair_lr: float = 2e-5
-    repair_token_max_rows: float = 0.15  # default repair set: drop carriers of flagged tokens found in at most this share of rows
+    # default repair set: drop the carriers of flagged tokens found in at most this share of rows
+    repair_token_max_rows: float = 0.15
     repair_filter: str = "none"  # default repair set: agree = also drop rows the unlearned model mislabels
     repair_controls: bool = True  # also train "repair only" (no unlearning) for the report
     precision: str = "auto"
@@ -64,8 +65,8 @@ class BTUConfig:
             raise ConfigError("round 3 removes round 2's tokens, so it needs round 2")
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
-        for name, allowed in (("repair_filter", ("none", "agree")), ("score", SCORES), ("unlearn", UNLEARN_METHODS), ("threshold", THRESHOLDS),
-                              ("padding", PADDINGS), ("change_from", CHANGE_FROM)):
+        for name, allowed in (("repair_filter", ("none", "agree")), ("score", SCORES), ("unlearn", UNLEARN_METHODS),
+                              ("threshold", THRESHOLDS), ("padding", PADDINGS), ("change_from", CHANGE_FROM)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.change_from == "round1" and 1 not in self.rounds:

@@ -19,7 +19,8 @@ def flagged_table(flagged, markdown=False, limit=None) -> str:
     rows = []
     for f in flagged[:limit]:
         rounds = ", ".join(f"r{n}#{v['rank']}" for n, v in sorted(f["rounds"].items(), key=lambda kv: int(kv[0])))
-        row = {"token": f["token"], "id": f["id"], "score": f"{f['score']:.3g}", "rounds (rank)": rounds, "rows": f["rows"]}
+        row = {"token": f["token"], "id": f["id"], "score": f"{f['score']:.3g}", "rounds (rank)": rounds,
+               "rows": f["rows"]}
         if f.get("poisoned_rows") is not None:
             row["poisoned rows"] = f["poisoned_rows"]
         rows.append(row)
