@@ -19,6 +19,29 @@ def _ms(values):
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _paired_means(main, abl) -> list[str]:
+    """Variants run on more than one seed: mean CACC / ASR against BTU's on the same (attack, seed) cells."""
+    base = {(r["attack"], r["seed"]): r["rows"]["BTU (unlearning + repair)"] for r in main}
+    groups = defaultdict(list)
+    for r in abl:
+        if (r["attack"], r["seed"]) in base:
+            groups[(r["variant"], r["attack"])].append(r)
+    multi = {k: v for k, v in groups.items() if len(v) > 1}
+    if not multi:
+        return []
+    out = ["", "### Variants over several seeds: mean against BTU's defaults on the same seeds", "",
+           "| variant | attack | seeds | BTU CACC | variant CACC | BTU ASR | variant ASR |",
+           "|---|---|---|---:|---:|---:|---:|"]
+    for (variant, attack), rs in sorted(multi.items()):
+        seeds = sorted(r["seed"] for r in rs)
+        b = [base[(attack, s)] for s in seeds]
+        v = [r["rows"]["BTU (unlearning + repair)"] for r in sorted(rs, key=lambda r: r["seed"])]
+        out.append(f"| {variant} | {attack} | {','.join(map(str, seeds))} | "
+                   f"{statistics.mean(x['cacc'] for x in b):.2f} | {statistics.mean(x['cacc'] for x in v):.2f} | "
+                   f"{statistics.mean(x['asr'] for x in b):.2f} | {statistics.mean(x['asr'] for x in v):.2f} |")
+    return out
+
+
 def summarize(results: list[dict]) -> str:
     out = []
     main = [r for r in results if r["variant"] == "BTU"]
@@ -62,19 +85,19 @@ def summarize(results: list[dict]) -> str:
 
     abl = [r for r in results if r["variant"] != "BTU"]
     if abl:
-        out += ["", "## Ablations (seed of the first run; CACC / ASR after unlearning + repair, and after "
-                "unlearning only)", "", "| attack | variant | BTU CACC | BTU ASR | BTU ASR without trigger | "
+        out += ["", "## Ablations (CACC / ASR after unlearning + repair, and after unlearning only)", "",
+                "| attack | seed | variant | BTU CACC | BTU ASR | BTU ASR without trigger | "
                 "unlearn-only CACC | unlearn-only ASR | flagged tokens | repair rows |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        base = {(r["attack"], r["seed"]): r for r in main}
-        for r in sorted(abl + [b for b in main if any(x["attack"] == b["attack"] and x["seed"] == b["seed"]
-                                                         for x in abl)], key=lambda x: (x["attack"], x["variant"])):
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        cells = {(r["attack"], r["seed"]) for r in abl}
+        shown = abl + [b for b in main if (b["attack"], b["seed"]) in cells]
+        for r in sorted(shown, key=lambda x: (x["attack"], x["seed"], x["variant"] != "BTU", x["variant"])):
             b, u = r["rows"]["BTU (unlearning + repair)"], r["rows"]["unlearning only"]
             floor = b.get("asr_no_trigger")
-            out.append(f"| {r['attack']} | {r['variant']} | {b['cacc']:.2f} | {b['asr']:.2f} | "
+            out.append(f"| {r['attack']} | {r['seed']} | {r['variant']} | {b['cacc']:.2f} | {b['asr']:.2f} | "
                        f"{'-' if floor is None else f'{floor:.2f}'} | {u['cacc']:.2f} | "
                        f"{u['asr']:.2f} | {len(r['flagged'])} | {r['repair']['rows']} |")
-        del base
+        out += _paired_means(main, abl)
 
     out += ["", "## Cost (seconds, same run)", "",
             "| attack | seed | victim epoch | detection | detection / epoch | rounds 1/2/3 | BTU after victim "

@@ -38,6 +38,8 @@ ABLATIONS = {
              ("score=relative", {"score": "relative"}),
              ("repair=sst2-dev", {"clean_data": "dev"}),
              ("repair-filter=agree", {"repair_filter": "agree"})],
+    "repair2": [("repair-epochs=2", {"repair_epochs": 2.0})],
+    "rounds12": [("rounds=1+2", {"rounds": [1, 2]})],  # Table 6's best CACC on addsent seed 0, over seeds
 }
 ABLATIONS["threshold"] = ABLATIONS["score"] = ABLATIONS["ours"]  # the names of an earlier run
 ABLATION_ATTACKS = ("addword", "addsent", "synbkd")
@@ -86,6 +88,7 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS))
     p.add_argument("--ablation-attacks", nargs="+", default=list(ABLATION_ATTACKS))
+    p.add_argument("--ablation-seeds", nargs="+", type=int, help="seeds the ablations run on (default: the first)")
     p.add_argument("--victim-epochs", type=float, default=3.0)
     p.add_argument("--model", default="minilm")
     p.add_argument("--results", default=str(HERE / "results" / "btu_table.jsonl"))
@@ -127,7 +130,7 @@ def main(argv=None):
     for seed in a.seeds:
         for name in a.attacks:
             variants = [("BTU", {})]
-            if seed == a.seeds[0] and name in a.ablation_attacks:
+            if seed in (a.ablation_seeds or a.seeds[:1]) and name in a.ablation_attacks:
                 for abl in a.ablations:
                     variants += [v for v in ABLATIONS[abl] if v not in variants]
             todo = [(v, o) for v, o in variants if (name, seed, v, a.victim_epochs) not in done]
