@@ -116,18 +116,16 @@ def cmd_train(a):
 
 
 def cmd_evaluate(a):
-    from .experiment import DataConfig, apply_attack, evaluation_splits, run_config
+    from .experiment import DataConfig, apply_attack, evaluate_splits, evaluation_splits, run_config
     from .io import atomic_write_json
     from .models import load_classifier, model_label_names
     from .report import table
-    from .training import evaluate
 
     model, tok = load_classifier(a.model, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
     splits = evaluation_splits(a.test, a.poison_test, model_label_names(model), a.text_column, a.label_column,
                                look_for_poisoned=a.attack is None)
     splits, acfg = apply_attack(splits, attack_config(a), a.seed)
-    test = splits.test
-    m = evaluate(model, tok, test, splits.poison_test, splits.target, precision=a.precision)
+    m = evaluate_splits(model, tok, splits, precision=a.precision)
     print(table([{"model": a.model, "CACC": m.get("cacc"), "ASR": m.get("asr"),
                   "ASR without trigger": m.get("asr_no_trigger"), "clean rows": m.get("n_clean"),
                   "ASR rows": m.get("n_poisoned")}]))

@@ -14,6 +14,7 @@ original back on exit. CUDA tensors, eval mode and p outside (0, 1) go to the or
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import numpy as np
@@ -32,7 +33,7 @@ class MaskSource:
 
     def keep_mask(self, shape, p: float) -> tuple[torch.Tensor, float]:
         """A bool tensor, True with probability 1 - p' (p' = p rounded to 1/65536), and 1 / (1 - p')."""
-        n = int(np.prod(shape)) if len(shape) else 1
+        n = math.prod(shape)
         raw = self.bits.random_raw((n + 3) // 4).view(np.int16)[:n]  # uniform on [-32768, 32767]
         drop_levels = int(round(p * _LEVELS))
         keep = torch.from_numpy(raw).view(shape) >= drop_levels - _LEVELS // 2  # P(keep) = 1 - levels/65536

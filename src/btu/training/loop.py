@@ -6,6 +6,7 @@ AdamW (paper defaults: batch 32, lr 2e-5), optional bf16 autocast, CPU or CUDA, 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,25 +170,26 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    def batches():
+        """Epoch after epoch of length-bucketed batches, each epoch in its own seeded order."""
+        for epoch in itertools.count():
+            yield from length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+
     start = time.perf_counter()
-    step, epoch = 0, 0
+    step = 0
     try:
         with fast_dropout(cfg.seed, enabled=cfg.fast_dropout and device.type == "cpu"):
-            while step < total_steps:
-                for batch in length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch):
-                    if step >= total_steps:
-                        break
-                    result.losses.append(one_step(batch))
-                    step += 1
-                    result.rows += len(batch)
-                    if on_step is not None:
-                        on_step(step, model)
-                    if bar is not None:
-                        el = time.perf_counter() - start
-                        bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.3f}",
-                                        rows_s=f"{result.rows / el:.0f}", refresh=False)
-                        bar.update(1)
-                epoch += 1
+            for batch in itertools.islice(batches(), total_steps):
+                result.losses.append(one_step(batch))
+                step += 1
+                result.rows += len(batch)
+                if on_step is not None:
+                    on_step(step, model)
+                if bar is not None:
+                    el = time.perf_counter() - start
+                    bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.3f}",
+                                    rows_s=f"{result.rows / el:.0f}", refresh=False)
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -229,19 +231,15 @@ class SparseEmbeddingGrad:
             if w.grad is not None and w.grad.is_sparse:
                 sparse = w.grad.coalesce()
                 w.grad = None
-        dense = [p.grad for p in self.params if p.grad is not None]
         values = sparse.values() if sparse is not None else None
         if max_norm:
-            norms = list(torch._foreach_norm(dense)) if dense else []
-            if values is not None:
-                norms.append(torch.linalg.vector_norm(values))
-            if norms:
-                total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
-                coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-                if dense:
-                    torch._foreach_mul_(dense, coef)
-                if values is not None:
-                    values = values * coef.to(values.dtype)
+            dense = [p for p in self.params if p.grad is not None]
+            grads = [p.grad for p in dense] + ([values] if values is not None else [])
+            if grads:
+                total = torch.nn.utils.get_total_norm(grads)
+                torch.nn.utils.clip_grads_with_norm_(dense, max_norm, total)
+                if values is not None:  # the same coefficient clip_grads_with_norm_ used
+                    values = values * torch.clamp(max_norm / (total + 1e-6), max=1.0).to(values.dtype)
         if sparse is None:
             return
         w = self.module.weight
