@@ -2,10 +2,10 @@
 
 With glibc's defaults, a training step's large activation tensors are mmap-ed and
 unmapped, or trimmed off the heap, every step; each new one then page-faults its way
-back in (the kernel zeroes every page). In MiniLM training on 2 cores that was ~640,000
-page faults in 75 steps; with the settings below about 360,000 (development runs; the
-rows/s gain was within this machine's run-to-run noise). Memory stays at the high-water
-mark of the run, which is what a training process holds anyway.
+back in (the kernel zeroes every page). benchmarks/training_tricks.py counts the page
+faults with and without these settings; their rows/s gain is within this machine's
+run-to-run noise. Memory stays at the high-water mark of the run, which is what a
+training process holds anyway.
 
 Applied once per process by `train()` on glibc; `BTU_NO_MALLOPT=1` leaves malloc alone.
 """

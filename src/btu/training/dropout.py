@@ -1,9 +1,9 @@
 """Dropout masks from a fast random generator, for CPU training.
 
-PyTorch's CPU dropout draws one Mersenne-Twister number per element (`bernoulli_`); in
-MiniLM training on 2 cores that took ~12 % of every step (profiled, see
-benchmarks/README.md). Here the masks come from numpy's PCG64, 16 bits per element:
-the same Bernoulli(1 - p) keep mask scaled by 1 / (1 - p), about 3x cheaper to draw.
+PyTorch's CPU dropout draws one Mersenne-Twister number per element (`bernoulli_`), a
+large share of a small model's step on few cores. Here the masks come from numpy's
+PCG64, 16 bits per element: the same Bernoulli(1 - p) keep mask scaled by 1 / (1 - p)
+(benchmarks/training_tricks.py measures the rows/s against torch's).
 p is rounded to a multiple of 1/65536 (0.1 becomes 0.100006).
 
 `fast_dropout(seed)` swaps `torch.nn.functional.dropout` (which `nn.Dropout` and the
