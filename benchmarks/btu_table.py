@@ -41,6 +41,11 @@ ABLATIONS = {
     "repair2": [("repair-epochs=2", {"repair_epochs": 2.0})],
     "rounds12": [("rounds=1+2", {"rounds": [1, 2]})],  # Table 6's best CACC on addsent seed 0, over seeds
     "maxrows": [("unlearn-max-rows=0.15", {"unlearn_token_max_rows": 0.15})],  # +0.7 CACC on seed 0, over seeds
+    # repair distilling the victim's logits on the repair rows (no trigger there), for CACC
+    "teacher": [("repair-teacher=victim", {"repair_teacher": "victim"}),
+                ("repair-teacher=victim,w=1", {"repair_teacher": "victim", "repair_distill_weight": 1.0})],
+    "repairlr": [("repair-lr=5e-5", {"repair_lr": 5e-5})],
+    "relative": [("score=relative", {"score": "relative"})],
 }
 ABLATIONS["threshold"] = ABLATIONS["score"] = ABLATIONS["ours"]  # the names of an earlier run
 ABLATION_ATTACKS = ("addword", "addsent", "synbkd")
@@ -83,6 +88,35 @@ def trigger_ranks(det, tok, trig_ids) -> dict:
     return out
 
 
+CLEAN = "clean model"
+
+
+def clean_reference(a, name, seed, train_ds, test, ptest, base, tok, commit) -> dict:
+    """A model trained like the victims on the unpoisoned training set (cached per seed: the
+    clean rows are the same SST-2 train for every attack), measured on this attack's test rows.
+    Its ASR is what the trigger does to a model that never saw poison: a floor for any defense."""
+    from btu.models import load_classifier, save_model
+    from btu.training import TrainConfig, evaluate, train
+
+    mdir = Path(a.cache) / f"{a.model}-clean-seed{seed}-epochs{a.victim_epochs:g}" / "model"
+    if (mdir / "config.json").exists():
+        model, _ = load_classifier(str(mdir))
+        seconds = json.loads((mdir.parent / "timing.json").read_text())["seconds"]
+    else:
+        model = copy.deepcopy(base)
+        res = train(model, tok, train_ds.texts, train_ds.labels,
+                    config=TrainConfig(epochs=a.victim_epochs, seed=seed, progress=sys.stderr.isatty(),
+                                       desc=f"clean model seed {seed}"))
+        seconds = res.seconds
+        save_model(model, tok, mdir)
+        (mdir.parent / "timing.json").write_text(json.dumps({"seconds": seconds}))
+    m = evaluate(model, tok, test, ptest, 1)
+    return {"attack": name, "seed": seed, "variant": CLEAN, "victim_epochs": a.victim_epochs, "model": a.model,
+            "rows": {CLEAN: {"cacc": m["cacc"], "asr": m["asr"], "asr_no_trigger": m.get("asr_no_trigger")}},
+            "train_rows": len(train_ds), "seconds": {"training": seconds},
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attacks", nargs="+", default=list(ATTACK_DATA), choices=list(ATTACK_DATA))
@@ -96,6 +130,9 @@ def main(argv=None):
     p.add_argument("--cache", default=str(HERE / "cache"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--limit", type=int, help="smoke test: only this many training rows (and test rows)")
+    p.add_argument("--clean-model", action="store_true",
+                   help="also train a model on the clean training set (same protocol as the victims) and measure "
+                        "its CACC and ASR: what a perfect defense could reach with this model")
     p.add_argument("--summary", action="store_true", help="only print the tables from the results file")
     p.add_argument("--figures", default=str(HERE / "results"),
                    help="where Figure 1 (distance curves) goes, one PNG per addword/addsent attack")
@@ -135,7 +172,8 @@ def main(argv=None):
                 for abl in a.ablations:
                     variants += [v for v in ABLATIONS[abl] if v not in variants]
             todo = [(v, o) for v, o in variants if (name, seed, v, a.victim_epochs) not in done]
-            if not todo:
+            clean_todo = a.clean_model and (name, seed, CLEAN, a.victim_epochs) not in done
+            if not todo and not clean_todo:
                 continue
             src = SHARED / ATTACK_DATA[name]
             train_ds = load_source(str(src), "train")
@@ -152,6 +190,15 @@ def main(argv=None):
             base, tok = load_classifier(a.model, label_names=train_ds.label_names)
             ids = encode(tok, ptrain.texts)
             trig = trigger_token_ids(tok, attack)
+            if clean_todo:
+                row = clean_reference(a, name, seed, train_ds, test, ptest, base, tok, commit)
+                append_result(results, row)
+                done.add((name, seed, CLEAN, a.victim_epochs))
+                m = row["rows"][CLEAN]
+                print(f"{name} seed {seed} {CLEAN}: {m['cacc']:.2f}/{m['asr']:.2f} "
+                      f"(without trigger {m['asr_no_trigger']:.2f})", flush=True)
+                if not todo:
+                    continue
 
             # the victim, cached
             vdir = Path(a.cache) / f"{a.model}-{name}-seed{seed}-epochs{a.victim_epochs:g}" / "victim"

@@ -11,9 +11,10 @@ import torch
 from btu.data import TextDataset
 from btu.errors import ConfigError
 from btu.models import load_classifier
-from btu.training import TrainConfig, accuracy, attack_success_rate, evaluate, predict, set_trainable, train
+from btu.training import (TrainConfig, accuracy, attack_success_rate, evaluate, predict, predict_logits, set_trainable,
+                          train)
 from btu.training.batching import collate, encode, length_bucketed_batches
-from btu.training.loop import SparseEmbeddingGrad
+from btu.training.loop import SparseEmbeddingGrad, distillation_loss
 
 NAMES = ["negative", "positive"]
 FILLER = "the movie was a film plot story actor scene it".split()
@@ -164,6 +165,48 @@ def test_predict_keeps_the_input_order(trained):
     assert preds == single
     assert len(set(preds)) == 2  # not a constant prediction: the order really is tested
     assert predict(model, tok, []) == []
+    logits = predict_logits(model, tok, texts, batch_size=4, precision="fp32")
+    with torch.no_grad():
+        first = model(**tok(texts[1], return_tensors="pt")).logits[0]
+    assert logits.shape == (6, 2) and torch.allclose(logits[1], first, atol=1e-5)
+    assert logits.argmax(-1).tolist() == preds
+
+
+# --- distillation ----------------------------------------------------------------------------------
+
+def test_distillation_loss_mixes_cross_entropy_and_kl():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    ce = torch.tensor(0.7)
+    assert distillation_loss(student, ce, teacher, 0.0, 2.0) == pytest.approx(0.7)
+    # a student that equals its teacher has nothing left to learn from it
+    assert distillation_loss(teacher, ce, teacher, 1.0, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    t = 2.0
+    p = torch.softmax(teacher / t, -1)
+    kl = (p * (torch.log(p) - torch.log_softmax(student / t, -1))).sum(-1).mean()
+    want = 0.25 * 0.7 + 0.75 * t * t * kl
+    assert distillation_loss(student, ce, teacher, 0.75, t).item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_training_with_teacher_logits_learns_the_teacher_not_the_labels(tiny_bert):
+    """With distill_weight 1 the labels are ignored: the model learns what the teacher's logits say."""
+    model, tok = load(tiny_bert)
+    texts, labels = toy_task()
+    teacher = torch.tensor([[4.0, -4.0] if y else [-4.0, 4.0] for y in labels])  # the opposite rule
+    wrong = [0] * len(labels)  # labels that would teach a constant
+    cfg = fp32(epochs=8, batch_size=8, lr=5e-3, schedule="constant", distill_weight=1.0, distill_temperature=1.0)
+    train(model, tok, texts, wrong, cfg, teacher_logits=teacher)
+    new_texts, new_labels = toy_task(32, seed=1)
+    assert accuracy(predict(model, tok, new_texts, precision="fp32"), [1 - y for y in new_labels]) >= 90.0
+
+
+def test_teacher_logits_must_match_the_rows(tiny_bert):
+    model, tok = load(tiny_bert)
+    texts, labels = toy_task(8)
+    with pytest.raises(ConfigError, match="teacher_logits has 3 rows for 8"):
+        train(model, tok, texts, labels, fp32(epochs=1), teacher_logits=torch.zeros(3, 2))
+    with pytest.raises(ConfigError, match="distill_weight"):
+        train(model, tok, texts, labels, fp32(epochs=1, distill_weight=1.5), teacher_logits=torch.zeros(8, 2))
 
 
 def test_trainable_embeddings_changes_only_the_word_embeddings(tiny_bert):

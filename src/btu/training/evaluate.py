@@ -9,28 +9,35 @@ from .loop import autocast, resolve_device, resolve_precision
 
 
 @torch.no_grad()
-def predict(model, tokenizer, texts=None, input_ids=None, batch_size: int = 128, max_length: int = 128,
-            precision: str = "auto", device: str = "auto") -> list[int]:
-    """Argmax class per row, in the input's order."""
+def predict_logits(model, tokenizer, texts=None, input_ids=None, batch_size: int = 128, max_length: int = 128,
+                   precision: str = "auto", device: str = "auto") -> torch.Tensor:
+    """Logits per row (rows x classes, fp32 on CPU), in the input's order; the model in eval mode."""
     if input_ids is None:
         input_ids = encode(tokenizer, texts, max_length)
     if not input_ids:
-        return []
+        return torch.zeros(0, 0)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     was_training = model.training
     model.to(dev).eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     side = getattr(tokenizer, "padding_side", "right")
-    preds = [0] * len(input_ids)
+    out = None
     for batch in length_bucketed_batches([len(x) for x in input_ids], batch_size, seed=0, shuffle=False):
         ids, mask = collate([input_ids[i] for i in batch], pad_id, padding_side=side)
         with autocast(dev, prec):
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-        for i, p in zip(batch, logits.argmax(-1).tolist()):
-            preds[i] = p
+            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float().cpu()
+        if out is None:
+            out = torch.empty(len(input_ids), logits.shape[-1])
+        out[torch.tensor(batch)] = logits
     model.train(was_training)
-    return preds
+    return out
+
+
+def predict(model, tokenizer, texts=None, input_ids=None, **kw) -> list[int]:
+    """Argmax class per row, in the input's order."""
+    logits = predict_logits(model, tokenizer, texts, input_ids, **kw)
+    return logits.argmax(-1).tolist() if len(logits) else []
 
 
 def accuracy(preds, labels) -> float:

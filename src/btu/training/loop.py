@@ -67,6 +67,9 @@ class TrainConfig:
     trainable: str | list = "all"  # all | embeddings (word embeddings only) | head | [name substrings]
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
     fast_dropout: bool = True  # CPU dropout masks from numpy's PCG64 (training/dropout.py)
+    # with teacher_logits: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student) at temperature T
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -114,10 +117,12 @@ def set_trainable(model, trainable) -> list[torch.nn.Parameter]:
 
 
 def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None = None, input_ids=None,
-          on_step=None, optimizer=None) -> TrainResult:
+          on_step=None, optimizer=None, teacher_logits=None) -> TrainResult:
     """Fine-tune `model` in place on (texts or pre-tokenized input_ids, labels).
 
     on_step(step, model) runs after every optimizer step (BTU records embedding distances).
+    teacher_logits (rows x classes): distil from them as well as learn the labels
+    (cfg.distill_weight, cfg.distill_temperature); computed once, so no teacher runs per step.
     """
     cfg = config or TrainConfig()
     if input_ids is None:
@@ -152,6 +157,12 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     side = getattr(tokenizer, "padding_side", "right")
     labels_t = torch.tensor(labels, dtype=torch.long)
+    if teacher_logits is not None:
+        teacher_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
+        if teacher_logits.shape[0] != len(input_ids):
+            raise ConfigError(f"teacher_logits has {teacher_logits.shape[0]} rows for {len(input_ids)} training rows")
+        if not 0.0 <= cfg.distill_weight <= 1.0 or cfg.distill_temperature <= 0:
+            raise ConfigError("distill_weight must be in [0, 1] and distill_temperature > 0")
     result = TrainResult()
     bar = _progress(total_steps, cfg)
 
@@ -161,6 +172,9 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
         with autocast(device, precision):
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=y.to(device))
         loss = out.loss
+        if teacher_logits is not None:
+            loss = distillation_loss(out.logits.float(), loss.float(), teacher_logits[batch].to(device),
+                                     cfg.distill_weight, cfg.distill_temperature)
         if not torch.isfinite(loss):
             raise ConfigError(f"training diverged (loss {loss.item()}) at step {step}; lower --lr")
         loss.backward()
@@ -201,6 +215,14 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     for p in model.parameters():
         p.requires_grad_(True)
     return result
+
+
+def distillation_loss(student_logits, ce_loss, teacher_logits, weight: float, temperature: float):
+    """(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al.)."""
+    t = temperature
+    kl = torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, -1), torch.log_softmax(teacher_logits / t, -1),
+                                    reduction="batchmean", log_target=True)
+    return (1.0 - weight) * ce_loss + weight * t * t * kl
 
 
 class SparseEmbeddingGrad:

@@ -40,7 +40,9 @@ def cmd_defend(a):
     from .report import flagged_table, result_table, write_report
 
     cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
-                     repair_filter=a.repair_filter, threshold=a.threshold, padding=a.padding, change_from=a.change_from,
+                     repair_filter=a.repair_filter, repair_teacher=a.repair_teacher,
+                     repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
+                     threshold=a.threshold, padding=a.padding, change_from=a.change_from,
                      victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
                      repair_lr=a.repair_lr, repair_controls=not a.no_controls, precision=a.precision)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
@@ -130,6 +132,11 @@ def register(sub, add_common, add_attack, add_training, epilog):
                    help="do not unlearn flagged tokens found in more than this share of training rows (e.g. 0.15)")
     g.add_argument("--repair-filter", choices=["none", "agree"], default="none",
                    help="without --clean-data: agree = also drop rows whose label the unlearned model disputes")
+    g.add_argument("--repair-teacher", choices=["none", "victim"], default="none",
+                   help="victim = the repair also distils the victim's logits on the repair rows (soft labels)")
+    g.add_argument("--distill-weight", type=float, default=0.5,
+                   help="with --repair-teacher: weight of the distillation term against the labels' (0.5)")
+    g.add_argument("--distill-temperature", type=float, default=2.0, help="with --repair-teacher (2.0)")
     g.add_argument("--repair-epochs", type=float, default=1.0)
     g.add_argument("--repair-lr", type=float, default=2e-5)
     g.add_argument("--no-controls", action="store_true", help="skip the repair-only control model")

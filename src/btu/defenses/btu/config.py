@@ -52,6 +52,9 @@ class BTUConfig:
     # default repair set: drop the carriers of flagged tokens found in at most this share of rows
     repair_token_max_rows: float = 0.15
     repair_filter: str = "none"  # default repair set: agree = also drop rows the unlearned model mislabels
+    repair_teacher: str = "none"  # victim: distil the victim's logits on the repair rows (they carry no trigger)
+    repair_distill_weight: float = 0.5
+    repair_distill_temperature: float = 2.0
     repair_controls: bool = True  # also train "repair only" (no unlearning) for the report
     precision: str = "auto"
     seed: int = 0
@@ -65,10 +68,14 @@ class BTUConfig:
             raise ConfigError("round 3 removes round 2's tokens, so it needs round 2")
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
-        for name, allowed in (("repair_filter", ("none", "agree")), ("score", SCORES), ("unlearn", UNLEARN_METHODS),
+        for name, allowed in (("repair_filter", ("none", "agree")), ("repair_teacher", ("none", "victim")),
+                              ("score", SCORES), ("unlearn", UNLEARN_METHODS),
                               ("threshold", THRESHOLDS), ("padding", PADDINGS), ("change_from", CHANGE_FROM)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if not 0.0 <= self.repair_distill_weight <= 1.0 or self.repair_distill_temperature <= 0:
+            raise ConfigError("repair_distill_weight must be in [0, 1] and repair_distill_temperature > 0, not "
+                              f"{self.repair_distill_weight} and {self.repair_distill_temperature}")
         if self.change_from == "round1" and 1 not in self.rounds:
             raise ConfigError("change_from=round1 needs detection round 1")
 

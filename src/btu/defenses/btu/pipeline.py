@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...data import TextDataset, load_source
-from ...training import TrainConfig, evaluate, predict, train
+from ...training import TrainConfig, evaluate, predict, predict_logits, train
 from ...training.batching import encode
 from ...training.seeding import seed_everything
 from ..base import register_defense
@@ -146,7 +146,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
 
     def tcfg(epochs, lr, desc, seed_offset):
         return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, max_length=cfg.max_length,
-                           precision=cfg.precision, seed=cfg.seed + seed_offset, progress=cfg.progress, desc=desc)
+                           precision=cfg.precision, seed=cfg.seed + seed_offset, progress=cfg.progress, desc=desc,
+                           distill_weight=cfg.repair_distill_weight,
+                           distill_temperature=cfg.repair_distill_temperature)
 
     def measure(m):
         return evaluate(m, tok, test_ds, ptest_ds, target_id, precision=cfg.precision) if test_ds or ptest_ds else {}
@@ -192,10 +194,15 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_ids = [ids[i] for i in keep]
     start = time.perf_counter()
     defended = unlearned
+    teacher = None
+    if cfg.repair_teacher == "victim" and cfg.repair_epochs > 0 and len(repair_ds):
+        # the victim is accurate on rows without its trigger; its soft labels carry more than the hard ones
+        teacher = predict_logits(vmodel, tok, input_ids=repair_ids, precision=cfg.precision)
+        repair_source += ", distilling the victim's logits"
     if cfg.repair_epochs > 0 and len(repair_ds):
         defended = copy.deepcopy(unlearned)
         train(defended, tok, input_ids=repair_ids, labels=repair_ds.labels,
-              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "BTU repair", 1))
+              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "BTU repair", 1), teacher_logits=teacher)
     timings["repair"] = time.perf_counter() - start
     rows.append({"model": "BTU (unlearning + repair)", **measure(defended)})
     repair_only = None
@@ -203,7 +210,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         start = time.perf_counter()
         repair_only = copy.deepcopy(vmodel)
         train(repair_only, tok, input_ids=repair_ids, labels=repair_ds.labels,
-              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "control: repair only", 1))
+              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "control: repair only", 1), teacher_logits=teacher)
         timings["repair_only_control"] = time.perf_counter() - start
         rows.append({"model": "repair only (no unlearning)", **measure(repair_only)})
 
