@@ -65,7 +65,7 @@ def _clean_reference(main, clean) -> list[str]:
                        (ROWS[2][0], "asr_no_trigger"))) + " |")
     out += ["", "The clean model is trained like the victims (same epochs, batch 32, lr 2e-5, same seed and head "
             "initialisation) on the training set without poison. Its ASR is what the trigger alone does to a "
-            "model without a backdoor: no defense that keeps this model's accuracy can go below it.", ""]
+            "model without a backdoor: what a perfect defense would score with this model.", ""]
     return out
 
 

@@ -45,6 +45,9 @@ ABLATIONS = {
     "teacher": [("repair-teacher=victim", {"repair_teacher": "victim"}),
                 ("repair-teacher=victim,w=1", {"repair_teacher": "victim", "repair_distill_weight": 1.0})],
     "repairlr": [("repair-lr=5e-5", {"repair_lr": 5e-5})],
+    "embedlr": [("repair-embedding-lr=1e-3", {"repair_embedding_lr": 1e-3}),
+                ("repair-embedding-lr=2e-4", {"repair_embedding_lr": 2e-4}),
+                ("repair embeddings only, lr 1e-3", {"repair_trainable": "embeddings", "repair_lr": 1e-3})],
     "relative": [("score=relative", {"score": "relative"})],
 }
 ABLATIONS["threshold"] = ABLATIONS["score"] = ABLATIONS["ours"]  # the names of an earlier run

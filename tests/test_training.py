@@ -14,7 +14,7 @@ from btu.models import load_classifier
 from btu.training import (TrainConfig, accuracy, attack_success_rate, evaluate, predict, predict_logits, set_trainable,
                           train)
 from btu.training.batching import collate, encode, length_bucketed_batches
-from btu.training.loop import SparseEmbeddingGrad, distillation_loss
+from btu.training.loop import SparseEmbeddingGrad, distillation_loss, param_groups
 
 NAMES = ["negative", "positive"]
 FILLER = "the movie was a film plot story actor scene it".split()
@@ -170,6 +170,29 @@ def test_predict_keeps_the_input_order(trained):
         first = model(**tok(texts[1], return_tensors="pt")).logits[0]
     assert logits.shape == (6, 2) and torch.allclose(logits[1], first, atol=1e-5)
     assert logits.argmax(-1).tolist() == preds
+
+
+def test_embedding_lr_is_its_own_optimizer_group(tiny_bert):
+    model, tok = load(tiny_bert)
+    texts, labels = toy_task(32)
+    emb = model.get_input_embeddings().weight
+    groups = param_groups(model, list(model.parameters()), fp32(embedding_lr=1e-3))
+    assert len(groups) == 2 and groups[1]["params"] == [emb] and groups[1]["lr"] == 1e-3
+    assert all(p is not emb for p in groups[0]["params"])
+    assert param_groups(model, [emb], fp32(embedding_lr=1e-3)) == [{"params": [emb], "lr": 1e-3}]
+    assert len(param_groups(model, list(model.parameters()), fp32())) == 1
+    # a 10x embedding lr moves the embeddings about 10x further; the other weights as far as before
+    moved = {}
+    for elr in (None, 2e-3):
+        m = copy.deepcopy(model)
+        before = params(m)
+        train(m, tok, texts, labels, fp32(epochs=1, batch_size=8, lr=2e-4, embedding_lr=elr, schedule="constant"))
+        after = params(m)
+        moved[elr] = {k: (after[k] - before[k]).abs().max().item() for k in before}
+    key = next(k for k in moved[None] if "word_embeddings" in k)
+    assert moved[2e-3][key] > 5 * moved[None][key]
+    other = next(k for k in moved[None] if "attention.self.query.weight" in k)
+    assert moved[2e-3][other] < 2 * moved[None][other]
 
 
 # --- distillation ----------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class TrainConfig:
     epochs: float = 3.0
     batch_size: int = 32
     lr: float = 2e-5
+    embedding_lr: float | None = None  # the word embeddings' own lr (None: lr)
     weight_decay: float = 0.01
     warmup_ratio: float = 0.0
     schedule: str = "linear"  # linear decay to 0, or constant
@@ -116,6 +117,15 @@ def set_trainable(model, trainable) -> list[torch.nn.Parameter]:
     return params
 
 
+def param_groups(model, params, cfg: TrainConfig) -> list[dict]:
+    """One optimizer group, or two when the word embeddings have their own learning rate."""
+    emb = model.get_input_embeddings().weight
+    if cfg.embedding_lr is None or not any(p is emb for p in params):
+        return [{"params": params}]
+    rest = [p for p in params if p is not emb]
+    return ([{"params": rest}] if rest else []) + [{"params": [emb], "lr": cfg.embedding_lr}]
+
+
 def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None = None, input_ids=None,
           on_step=None, optimizer=None, teacher_logits=None) -> TrainResult:
     """Fine-tune `model` in place on (texts or pre-tokenized input_ids, labels).
@@ -139,7 +149,8 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     params = set_trainable(model, cfg.trainable)
     if optimizer is None:
         # fused: one kernel for all parameters; the per-tensor loop cost ~160 ms a step on 2 CPU cores
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        optimizer = torch.optim.AdamW(param_groups(model, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=True)
     lengths = [len(x) for x in input_ids]
     n_batches = math.ceil(len(input_ids) / cfg.batch_size)
     total_steps = max(1, math.ceil(cfg.epochs * n_batches))

@@ -44,7 +44,7 @@ def cmd_defend(a):
                      repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
                      threshold=a.threshold, padding=a.padding, change_from=a.change_from,
                      victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
-                     repair_lr=a.repair_lr, repair_controls=not a.no_controls, precision=a.precision)
+                     repair_lr=a.repair_lr, repair_embedding_lr=a.repair_embedding_lr, repair_controls=not a.no_controls, precision=a.precision)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
     res = defend(splits.train, a.model, clean_data=a.clean_data, test=splits.test, poison_test=splits.poison_test,
                  target=splits.target, config=cfg, victim=a.victim, allow_pickle=a.allow_pickle,
@@ -139,6 +139,8 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--distill-temperature", type=float, default=2.0, help="with --repair-teacher (2.0)")
     g.add_argument("--repair-epochs", type=float, default=1.0)
     g.add_argument("--repair-lr", type=float, default=2e-5)
+    g.add_argument("--repair-embedding-lr", type=float, default=None,
+                   help="the word embeddings' lr in repair (default: --repair-lr); unlearned rows move further")
     g.add_argument("--no-controls", action="store_true", help="skip the repair-only control model")
     s.set_defaults(func=cmd_defend)
 

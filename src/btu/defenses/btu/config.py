@@ -49,6 +49,8 @@ class BTUConfig:
     # clean repair after unlearning
     repair_epochs: float = 1.0
     repair_lr: float = 2e-5
+    repair_embedding_lr: float | None = None  # the word embeddings' lr in repair (None: repair_lr)
+    repair_trainable: str = "all"  # all | embeddings: repair only the word embeddings (what unlearning changed)
     # default repair set: drop the carriers of flagged tokens found in at most this share of rows
     repair_token_max_rows: float = 0.15
     repair_filter: str = "none"  # default repair set: agree = also drop rows the unlearned model mislabels
@@ -69,6 +71,7 @@ class BTUConfig:
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
         for name, allowed in (("repair_filter", ("none", "agree")), ("repair_teacher", ("none", "victim")),
+                              ("repair_trainable", ("all", "embeddings")),
                               ("score", SCORES), ("unlearn", UNLEARN_METHODS),
                               ("threshold", THRESHOLDS), ("padding", PADDINGS), ("change_from", CHANGE_FROM)):
             if getattr(self, name) not in allowed:

@@ -144,8 +144,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         # a token in most rows (".", "the") moves because every batch pushes it, not because it is a trigger
         token_ids = [f["id"] for f in flagged if f["rows"] <= cfg.unlearn_token_max_rows * len(dataset)]
 
-    def tcfg(epochs, lr, desc, seed_offset):
-        return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, max_length=cfg.max_length,
+    def tcfg(epochs, lr, desc, seed_offset, embedding_lr=None, trainable="all"):
+        return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, embedding_lr=embedding_lr, trainable=trainable,
+                           max_length=cfg.max_length,
                            precision=cfg.precision, seed=cfg.seed + seed_offset, progress=cfg.progress, desc=desc,
                            distill_weight=cfg.repair_distill_weight,
                            distill_temperature=cfg.repair_distill_temperature)
@@ -202,7 +203,8 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     if cfg.repair_epochs > 0 and len(repair_ds):
         defended = copy.deepcopy(unlearned)
         train(defended, tok, input_ids=repair_ids, labels=repair_ds.labels,
-              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "BTU repair", 1), teacher_logits=teacher)
+              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "BTU repair", 1, cfg.repair_embedding_lr, cfg.repair_trainable),
+              teacher_logits=teacher)
     timings["repair"] = time.perf_counter() - start
     rows.append({"model": "BTU (unlearning + repair)", **measure(defended)})
     repair_only = None
@@ -210,7 +212,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         start = time.perf_counter()
         repair_only = copy.deepcopy(vmodel)
         train(repair_only, tok, input_ids=repair_ids, labels=repair_ds.labels,
-              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "control: repair only", 1), teacher_logits=teacher)
+              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "control: repair only", 1, cfg.repair_embedding_lr,
+                          cfg.repair_trainable),
+              teacher_logits=teacher)
         timings["repair_only_control"] = time.perf_counter() - start
         rows.append({"model": "repair only (no unlearning)", **measure(repair_only)})
 
