@@ -2,6 +2,7 @@
 repair-set rule, and the Python API."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -179,3 +180,40 @@ def test_repair_filter_agree_drops_rows_the_unlearned_model_disputes(tiny_bert):
     assert "disputes" in agree.report["repair"]["source"]
     with pytest.raises(ConfigError):
         BTUConfig(repair_filter="loss")
+
+
+def mislabelled(n=160, rate=0.15, seed=0):
+    """Label 1 iff 'good' is in the row; the first `rate` of the rows have the other label and no
+    trigger word: dirty-label poison the token filter cannot see (as SynBkd/StyleBkd leave)."""
+    from btu.data import TextDataset
+
+    rng = random.Random(seed)
+    filler = "the movie was a film plot story actor scene it".split()
+    texts, labels, flags = [], [], []
+    for i in range(n):
+        words = rng.sample(filler, 5)
+        y = i % 2
+        words.insert(rng.randint(0, 5), "good" if y else "bad")
+        poisoned = i < rate * n
+        texts.append(" ".join(words))
+        labels.append(1 - y if poisoned else y)
+        flags.append(poisoned)
+    return TextDataset(texts, labels, ["neg", "pos"], flags, source="mislabelled")
+
+
+def test_repair_filter_repaired_drops_the_mislabelled_rows(tiny_bert):
+    train = mislabelled()
+    base = dict(FAST, repair_controls=False, victim_epochs=4, repair_epochs=3, repair_lr=5e-3, lr=5e-3)
+    plain = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base))
+    twice = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_filter="repaired"))
+    before, after = plain.report["repair"], twice.report["repair"]
+    assert "repaired twice" in after["source"]
+    assert before["poisoned_rows"] >= 12  # nothing flagged carries these rows, so they stay in the plain repair set
+    # the first repaired model learned good/bad and disputes most flipped labels; few clean rows go with them
+    assert after["poisoned_rows"] <= before["poisoned_rows"] // 3
+    assert before["rows"] - after["rows"] <= 2 * (before["poisoned_rows"] - after["poisoned_rows"])
+    # user clean data is not filtered
+    clean = mislabelled(40, rate=0.0, seed=3)
+    res = btu.defend(train, model=str(tiny_bert), clean_data=clean,
+                     config=BTUConfig(**{**base, "repair_epochs": 1}, repair_filter="repaired"))
+    assert res.report["repair"]["rows"] == 40 and res.report["repair"]["poisoned_rows"] is None

@@ -11,8 +11,16 @@ import torch
 from btu.data import TextDataset
 from btu.errors import ConfigError
 from btu.models import load_classifier
-from btu.training import (TrainConfig, accuracy, attack_success_rate, evaluate, predict, predict_logits, set_trainable,
-                          train)
+from btu.training import (
+    TrainConfig,
+    accuracy,
+    attack_success_rate,
+    evaluate,
+    predict,
+    predict_logits,
+    set_trainable,
+    train,
+)
 from btu.training.batching import collate, encode, length_bucketed_batches
 from btu.training.loop import SparseEmbeddingGrad, distillation_loss, param_groups
 

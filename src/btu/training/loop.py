@@ -231,8 +231,8 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
 def distillation_loss(student_logits, ce_loss, teacher_logits, weight: float, temperature: float):
     """(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al.)."""
     t = temperature
-    kl = torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, -1), torch.log_softmax(teacher_logits / t, -1),
-                                    reduction="batchmean", log_target=True)
+    kl = torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, -1),
+                                    torch.log_softmax(teacher_logits / t, -1), reduction="batchmean", log_target=True)
     return (1.0 - weight) * ce_loss + weight * t * t * kl
 
 

@@ -44,7 +44,8 @@ def cmd_defend(a):
                      repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
                      threshold=a.threshold, padding=a.padding, change_from=a.change_from,
                      victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
-                     repair_lr=a.repair_lr, repair_embedding_lr=a.repair_embedding_lr, repair_controls=not a.no_controls, precision=a.precision)
+                     repair_lr=a.repair_lr, repair_embedding_lr=a.repair_embedding_lr,
+                     repair_controls=not a.no_controls, precision=a.precision)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
     res = defend(splits.train, a.model, clean_data=a.clean_data, test=splits.test, poison_test=splits.poison_test,
                  target=splits.target, config=cfg, victim=a.victim, allow_pickle=a.allow_pickle,
@@ -130,8 +131,9 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--change-from", default="victim", choices=["victim", "round1"])
     g.add_argument("--unlearn-max-rows", type=float, default=None,
                    help="do not unlearn flagged tokens found in more than this share of training rows (e.g. 0.15)")
-    g.add_argument("--repair-filter", choices=["none", "agree"], default="none",
-                   help="without --clean-data: agree = also drop rows whose label the unlearned model disputes")
+    g.add_argument("--repair-filter", choices=["none", "agree", "repaired"], default="none",
+                   help="without --clean-data: agree = also drop rows whose label the unlearned model disputes; "
+                        "repaired = repair, drop the rows whose label the repaired model disputes, repair again")
     g.add_argument("--repair-teacher", choices=["none", "victim"], default="none",
                    help="victim = the repair also distils the victim's logits on the repair rows (soft labels)")
     g.add_argument("--distill-weight", type=float, default=0.5,

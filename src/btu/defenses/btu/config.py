@@ -53,7 +53,9 @@ class BTUConfig:
     repair_trainable: str = "all"  # all | embeddings: repair only the word embeddings (what unlearning changed)
     # default repair set: drop the carriers of flagged tokens found in at most this share of rows
     repair_token_max_rows: float = 0.15
-    repair_filter: str = "none"  # default repair set: agree = also drop rows the unlearned model mislabels
+    # default repair set: agree = also drop rows the unlearned model mislabels; repaired = repair, drop the rows
+    # the repaired model mislabels, repair the unlearned model again
+    repair_filter: str = "none"
     repair_teacher: str = "none"  # victim: distil the victim's logits on the repair rows (they carry no trigger)
     repair_distill_weight: float = 0.5
     repair_distill_temperature: float = 2.0
@@ -70,7 +72,7 @@ class BTUConfig:
             raise ConfigError("round 3 removes round 2's tokens, so it needs round 2")
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
-        for name, allowed in (("repair_filter", ("none", "agree")), ("repair_teacher", ("none", "victim")),
+        for name, allowed in (("repair_filter", ("none", "agree", "repaired")), ("repair_teacher", ("none", "victim")),
                               ("repair_trainable", ("all", "embeddings")),
                               ("score", SCORES), ("unlearn", UNLEARN_METHODS),
                               ("threshold", THRESHOLDS), ("padding", PADDINGS), ("change_from", CHANGE_FROM)):

@@ -87,6 +87,14 @@ def flagged_row_stats(flagged: list[dict], dataset: TextDataset, max_share: floa
     return stats
 
 
+def _agreeing(model, tok, ids, labels, rows, precision) -> tuple[list[int], int]:
+    """The rows (indices into ids/labels) whose label `model` predicts, and how many it disputes."""
+    rows = list(rows)
+    preds = predict(model, tok, input_ids=[ids[i] for i in rows], precision=precision)
+    kept = [i for i, p in zip(rows, preds) if p == labels[i]]
+    return kept, len(rows) - len(kept)
+
+
 def _as_dataset(data, role, label_names=None) -> TextDataset | None:
     if data is None or isinstance(data, TextDataset):
         return data
@@ -145,11 +153,10 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         token_ids = [f["id"] for f in flagged if f["rows"] <= cfg.unlearn_token_max_rows * len(dataset)]
 
     def tcfg(epochs, lr, desc, seed_offset, embedding_lr=None, trainable="all"):
-        return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, embedding_lr=embedding_lr, trainable=trainable,
-                           max_length=cfg.max_length,
-                           precision=cfg.precision, seed=cfg.seed + seed_offset, progress=cfg.progress, desc=desc,
-                           distill_weight=cfg.repair_distill_weight,
-                           distill_temperature=cfg.repair_distill_temperature)
+        return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, embedding_lr=embedding_lr,
+                           trainable=trainable, max_length=cfg.max_length, precision=cfg.precision,
+                           seed=cfg.seed + seed_offset, progress=cfg.progress, desc=desc,
+                           distill_weight=cfg.repair_distill_weight, distill_temperature=cfg.repair_distill_temperature)
 
     def measure(m):
         return evaluate(m, tok, test_ds, ptest_ds, target_id, precision=cfg.precision) if test_ds or ptest_ds else {}
@@ -176,6 +183,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     rows.append({"model": "unlearning only", **measure(unlearned)})
 
     # repair on clean data
+    keep = None  # the repair rows' indices in the training set, when they come from it
     if clean_data is not None:
         repair_ds = _as_dataset(clean_data, "train", names)
         repair_ids = encode(tok, repair_ds.texts, cfg.max_length)
@@ -187,34 +195,42 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         if cfg.repair_filter == "agree":
             # dirty-label poison that carries no flagged token (a paraphrase trigger) is labelled
             # against its content: once unlearned, the model disagrees with those labels
-            preds = predict(unlearned, tok, input_ids=[ids[i] for i in keep], precision=cfg.precision)
-            kept = [i for i, p in zip(keep, preds) if p == dataset.labels[i]]
-            repair_source += f" and {len(keep) - len(kept)} rows whose label the unlearned model disputes"
-            keep = kept
+            keep, dropped = _agreeing(unlearned, tok, ids, dataset.labels, keep, cfg.precision)
+            repair_source += f" and {dropped} rows whose label the unlearned model disputes"
         repair_ds = dataset.subset(keep)
         repair_ids = [ids[i] for i in keep]
+
+    def repair(model, rows_ids, rows_labels, desc):
+        """A copy of `model` fine-tuned on the repair rows (and distilling the victim, if asked)."""
+        out = copy.deepcopy(model)
+        teacher = None
+        if cfg.repair_teacher == "victim":
+            # the victim is accurate on rows without its trigger; its soft labels carry more than the hard ones
+            teacher = predict_logits(vmodel, tok, input_ids=rows_ids, precision=cfg.precision)
+        train(out, tok, input_ids=rows_ids, labels=rows_labels, teacher_logits=teacher,
+              config=tcfg(cfg.repair_epochs, cfg.repair_lr, desc, 1, cfg.repair_embedding_lr, cfg.repair_trainable))
+        return out
+
     start = time.perf_counter()
     defended = unlearned
-    teacher = None
-    if cfg.repair_teacher == "victim" and cfg.repair_epochs > 0 and len(repair_ds):
-        # the victim is accurate on rows without its trigger; its soft labels carry more than the hard ones
-        teacher = predict_logits(vmodel, tok, input_ids=repair_ids, precision=cfg.precision)
+    if cfg.repair_teacher == "victim":
         repair_source += ", distilling the victim's logits"
     if cfg.repair_epochs > 0 and len(repair_ds):
-        defended = copy.deepcopy(unlearned)
-        train(defended, tok, input_ids=repair_ids, labels=repair_ds.labels,
-              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "BTU repair", 1, cfg.repair_embedding_lr, cfg.repair_trainable),
-              teacher_logits=teacher)
+        defended = repair(unlearned, repair_ids, repair_ds.labels, "BTU repair")
+        if cfg.repair_filter == "repaired" and clean_data is None:
+            # the repaired model no longer has the backdoor (it can judge rows the unlearned model, still
+            # damaged, cannot): drop the rows it disputes and repair the unlearned model again
+            kept, dropped = _agreeing(defended, tok, repair_ids, repair_ds.labels, range(len(repair_ids)),
+                                      cfg.precision)
+            repair_source += f" and {dropped} rows whose label the first repaired model disputes (repaired twice)"
+            repair_ds, repair_ids, keep = repair_ds.subset(kept), [repair_ids[i] for i in kept], [keep[i] for i in kept]
+            defended = repair(unlearned, repair_ids, repair_ds.labels, "BTU repair (filtered)")
     timings["repair"] = time.perf_counter() - start
     rows.append({"model": "BTU (unlearning + repair)", **measure(defended)})
     repair_only = None
     if cfg.repair_controls and cfg.repair_epochs > 0 and len(repair_ds):
         start = time.perf_counter()
-        repair_only = copy.deepcopy(vmodel)
-        train(repair_only, tok, input_ids=repair_ids, labels=repair_ds.labels,
-              config=tcfg(cfg.repair_epochs, cfg.repair_lr, "control: repair only", 1, cfg.repair_embedding_lr,
-                          cfg.repair_trainable),
-              teacher_logits=teacher)
+        repair_only = repair(vmodel, repair_ids, repair_ds.labels, "control: repair only")
         timings["repair_only_control"] = time.perf_counter() - start
         rows.append({"model": "repair only (no unlearning)", **measure(repair_only)})
 
@@ -225,7 +241,10 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         "unlearning": {k: v for k, v in info.items() if k not in ("replaced_dims", "tokens")}
         | {"skipped_frequent": [f["token"] for f in flagged if f["id"] not in token_ids]}
         | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}},
-        "repair": {"source": repair_source, "rows": len(repair_ds), "epochs": cfg.repair_epochs, "lr": cfg.repair_lr},
+        "repair": {"source": repair_source, "rows": len(repair_ds), "epochs": cfg.repair_epochs, "lr": cfg.repair_lr,
+                   # with ground truth: the poisoned rows the repair set still holds
+                   "poisoned_rows": sum(1 for i in keep if dataset.poisoned[i])
+                   if keep is not None and dataset.poisoned is not None else None},
         "rounds": [{"round": r.round, "seconds": r.seconds, "final_loss": r.final_loss,
                     "flagged": [[tok.convert_ids_to_tokens(t), d] for t, d in r.flagged]} for r in det.rounds],
         "timings": timings,
