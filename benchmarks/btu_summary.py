@@ -30,7 +30,8 @@ def _paired_means(main, abl) -> list[str]:
     multi = {k: v for k, v in groups.items() if len(v) > 1}
     if not multi:
         return []
-    out = ["", "### Variants over several seeds: mean against BTU's defaults on the same seeds", "",
+    out = ["", "### Variants over several seeds: mean against the BTU rows (the defaults of their run) on the "
+           "same seeds", "",
            "| variant | attack | seeds | BTU CACC | variant CACC | BTU ASR | variant ASR |",
            "|---|---|---|---:|---:|---:|---:|"]
     for (variant, attack), rs in sorted(multi.items()):

@@ -56,6 +56,8 @@ ABLATIONS = {
 # the two repair changes that gained CACC on seed 0 (addsent, stylebkd, synbkd), to run over seeds
 ABLATIONS |= {
     "repairfix": [ABLATIONS["embedlr"][0], ABLATIONS["filter"][1]],
+    # the default before the embedding lr 1e-3 became one: the embeddings repaired at repair_lr
+    "embedlr-off": [("repair-embedding-lr=repair-lr", {"repair_embedding_lr": None})],
 }
 ABLATIONS["threshold"] = ABLATIONS["score"] = ABLATIONS["ours"]  # the names of an earlier run
 ABLATION_ATTACKS = ("addword", "addsent", "synbkd")

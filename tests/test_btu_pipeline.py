@@ -203,7 +203,8 @@ def mislabelled(n=160, rate=0.15, seed=0):
 
 def test_repair_filter_repaired_drops_the_mislabelled_rows(tiny_bert):
     train = mislabelled()
-    base = dict(FAST, repair_controls=False, victim_epochs=4, repair_epochs=3, repair_lr=5e-3, lr=5e-3)
+    base = dict(FAST, repair_controls=False, victim_epochs=4, repair_epochs=3, repair_lr=5e-3, lr=5e-3,
+                repair_embedding_lr=None)  # everything at 5e-3: the tiny model must learn good/bad in repair
     plain = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base))
     twice = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_filter="repaired"))
     before, after = plain.report["repair"], twice.report["repair"]

@@ -141,8 +141,9 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--distill-temperature", type=float, default=2.0, help="with --repair-teacher (2.0)")
     g.add_argument("--repair-epochs", type=float, default=1.0)
     g.add_argument("--repair-lr", type=float, default=2e-5)
-    g.add_argument("--repair-embedding-lr", type=float, default=None,
-                   help="the word embeddings' lr in repair (default: --repair-lr); unlearned rows move further")
+    g.add_argument("--repair-embedding-lr", type=float, default=1e-3,
+                   help="the word embeddings' lr in repair (default 1e-3, so the unlearned rows of frequent tokens "
+                        "are relearned; give the --repair-lr value to train them like the rest)")
     g.add_argument("--no-controls", action="store_true", help="skip the repair-only control model")
     s.set_defaults(func=cmd_defend)
 
