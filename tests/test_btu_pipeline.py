@@ -218,3 +218,18 @@ def test_repair_filter_repaired_drops_the_mislabelled_rows(tiny_bert):
     res = btu.defend(train, model=str(tiny_bert), clean_data=clean,
                      config=BTUConfig(**{**base, "repair_epochs": 1}, repair_filter="repaired"))
     assert res.report["repair"]["rows"] == 40 and res.report["repair"]["poisoned_rows"] is None
+
+
+def test_repair_teacher_distils_the_victim(tiny_bert):
+    train = planted(96, seed=1)
+    base = BTUConfig(**{**FAST, "repair_controls": False})
+    plain = btu.defend(train, model=str(tiny_bert), config=base)
+    taught = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**{**base.to_dict(), "repair_teacher": "victim"}))
+    assert "distilling the victim's logits" in taught.report["repair"]["source"]
+    assert taught.report["repair"]["rows"] == plain.report["repair"]["rows"]
+    # same data, seeds and unlearning: only the repair's loss differs, and so do the weights
+    assert any(not torch.equal(p, q) for p, q in zip(plain.model.parameters(), taught.model.parameters()))
+    with pytest.raises(ConfigError, match="repair_distill_weight"):
+        BTUConfig(repair_teacher="victim", repair_distill_weight=2.0)
+    with pytest.raises(ConfigError):
+        BTUConfig(repair_teacher="teacher")
