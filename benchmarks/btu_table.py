@@ -103,25 +103,32 @@ def trigger_ranks(det, tok, trig_ids) -> dict:
 CLEAN = "clean model"
 
 
+def cached_training(folder: Path, base, tok, input_ids, labels, epochs, seed, desc):
+    """`base` fine-tuned like the victims (TrainConfig defaults, `epochs`, `seed`) and saved in
+    `folder`, or loaded from there; with the training seconds (stored beside it)."""
+    from btu.models import load_classifier, save_model
+    from btu.training import TrainConfig, train
+
+    if (folder / "config.json").exists():
+        return load_classifier(str(folder))[0], json.loads((folder.parent / "timing.json").read_text())["seconds"]
+    model = copy.deepcopy(base)
+    res = train(model, tok, input_ids=input_ids, labels=labels,
+                config=TrainConfig(epochs=epochs, seed=seed, progress=sys.stderr.isatty(), desc=desc))
+    save_model(model, tok, folder)
+    (folder.parent / "timing.json").write_text(json.dumps({"seconds": res.seconds}))
+    return model, res.seconds
+
+
 def clean_reference(a, name, seed, train_ds, test, ptest, base, tok, commit) -> dict:
     """A model trained like the victims on the unpoisoned training set (cached per seed: the
     clean rows are the same SST-2 train for every attack), measured on this attack's test rows.
-    Its ASR is what the trigger does to a model that never saw poison: a floor for any defense."""
-    from btu.models import load_classifier, save_model
-    from btu.training import TrainConfig, evaluate, train
+    Its ASR is what the trigger does to a model that never saw poison: what a perfect defense scores."""
+    from btu.training import evaluate
+    from btu.training.batching import encode
 
     mdir = Path(a.cache) / f"{a.model}-clean-seed{seed}-epochs{a.victim_epochs:g}" / "model"
-    if (mdir / "config.json").exists():
-        model, _ = load_classifier(str(mdir))
-        seconds = json.loads((mdir.parent / "timing.json").read_text())["seconds"]
-    else:
-        model = copy.deepcopy(base)
-        res = train(model, tok, train_ds.texts, train_ds.labels,
-                    config=TrainConfig(epochs=a.victim_epochs, seed=seed, progress=sys.stderr.isatty(),
-                                       desc=f"clean model seed {seed}"))
-        seconds = res.seconds
-        save_model(model, tok, mdir)
-        (mdir.parent / "timing.json").write_text(json.dumps({"seconds": seconds}))
+    model, seconds = cached_training(mdir, base, tok, encode(tok, train_ds.texts), train_ds.labels,
+                                     a.victim_epochs, seed, f"clean model seed {seed}")
     m = evaluate(model, tok, test, ptest, 1)
     return {"attack": name, "seed": seed, "variant": CLEAN, "victim_epochs": a.victim_epochs, "model": a.model,
             "rows": {CLEAN: {"cacc": m["cacc"], "asr": m["asr"], "asr_no_trigger": m.get("asr_no_trigger")}},
@@ -168,8 +175,8 @@ def main(argv=None):
     from btu.data import load_source
     from btu.defenses.btu import BTUConfig, detect
     from btu.defenses.btu.pipeline import defend
-    from btu.models import load_classifier, save_model
-    from btu.training import TrainConfig, seed_everything, train
+    from btu.models import load_classifier
+    from btu.training import seed_everything
     from btu.training.batching import encode
 
     commit = git_commit()
@@ -214,17 +221,8 @@ def main(argv=None):
 
             # the victim, cached
             vdir = Path(a.cache) / f"{a.model}-{name}-seed{seed}-epochs{a.victim_epochs:g}" / "victim"
-            if (vdir / "config.json").exists():
-                victim, _ = load_classifier(str(vdir))
-                victim_seconds = json.loads((vdir.parent / "timing.json").read_text())["seconds"]
-            else:
-                victim = copy.deepcopy(base)
-                res = train(victim, tok, input_ids=ids, labels=ptrain.labels,
-                            config=TrainConfig(epochs=a.victim_epochs, seed=seed, progress=base_cfg.progress,
-                                               desc=f"victim {name} seed {seed}"))
-                victim_seconds = res.seconds
-                save_model(victim, tok, vdir)
-                (vdir.parent / "timing.json").write_text(json.dumps({"seconds": res.seconds}))
+            victim, victim_seconds = cached_training(vdir, base, tok, ids, ptrain.labels, a.victim_epochs, seed,
+                                                     f"victim {name} seed {seed}")
             epoch_seconds = victim_seconds / a.victim_epochs
 
             t0 = time.perf_counter()

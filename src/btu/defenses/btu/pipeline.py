@@ -200,23 +200,22 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_ds = dataset.subset(keep)
         repair_ids = [ids[i] for i in keep]
 
-    def repair(model, rows_ids, rows_labels, desc):
-        """A copy of `model` fine-tuned on the repair rows (and distilling the victim, if asked)."""
+    def repair(model, desc):
+        """A copy of `model` fine-tuned on the repair rows (distilling `teacher` when there is one)."""
         out = copy.deepcopy(model)
-        teacher = None
-        if cfg.repair_teacher == "victim":
-            # the victim is accurate on rows without its trigger; its soft labels carry more than the hard ones
-            teacher = predict_logits(vmodel, tok, input_ids=rows_ids, precision=cfg.precision)
-        train(out, tok, input_ids=rows_ids, labels=rows_labels, teacher_logits=teacher,
+        train(out, tok, input_ids=repair_ids, labels=repair_ds.labels, teacher_logits=teacher,
               config=tcfg(cfg.repair_epochs, cfg.repair_lr, desc, 1, cfg.repair_embedding_lr, cfg.repair_trainable))
         return out
 
     start = time.perf_counter()
     defended = unlearned
-    if cfg.repair_teacher == "victim":
+    teacher = None
+    if cfg.repair_teacher == "victim" and cfg.repair_epochs > 0 and len(repair_ds):
+        # the victim is accurate on rows without its trigger; its soft labels carry more than the hard ones
+        teacher = predict_logits(vmodel, tok, input_ids=repair_ids, precision=cfg.precision)
         repair_source += ", distilling the victim's logits"
     if cfg.repair_epochs > 0 and len(repair_ds):
-        defended = repair(unlearned, repair_ids, repair_ds.labels, "BTU repair")
+        defended = repair(unlearned, "BTU repair")
         if cfg.repair_filter == "repaired" and clean_data is None:
             # the repaired model no longer has the backdoor (it can judge rows the unlearned model, still
             # damaged, cannot): drop the rows it disputes and repair the unlearned model again
@@ -224,13 +223,14 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
                                       cfg.precision)
             repair_source += f" and {dropped} rows whose label the first repaired model disputes (repaired twice)"
             repair_ds, repair_ids, keep = repair_ds.subset(kept), [repair_ids[i] for i in kept], [keep[i] for i in kept]
-            defended = repair(unlearned, repair_ids, repair_ds.labels, "BTU repair (filtered)")
+            teacher = teacher[kept] if teacher is not None else None
+            defended = repair(unlearned, "BTU repair (filtered)")
     timings["repair"] = time.perf_counter() - start
     rows.append({"model": "BTU (unlearning + repair)", **measure(defended)})
     repair_only = None
     if cfg.repair_controls and cfg.repair_epochs > 0 and len(repair_ds):
         start = time.perf_counter()
-        repair_only = repair(vmodel, repair_ids, repair_ds.labels, "control: repair only")
+        repair_only = repair(vmodel, "control: repair only")
         timings["repair_only_control"] = time.perf_counter() - start
         rows.append({"model": "repair only (no unlearning)", **measure(repair_only)})
 
