@@ -52,6 +52,9 @@ ABLATIONS = {
                ("repair-filter=repaired, embedding lr 1e-3",
                 {"repair_filter": "repaired", "repair_embedding_lr": 1e-3})],
     "relative": [("score=relative", {"score": "relative"})],
+    # paraphrase poison judged out of fold before the repair (one pass, and two)
+    "crossfit": [("repair-filter=crossfit", {"repair_filter": "crossfit"})],
+    "crossfit2": [("repair-filter=crossfit, 2 passes", {"repair_filter": "crossfit", "repair_filter_passes": 2})],
 }
 # the two repair changes that gained CACC on seed 0 (addsent, stylebkd, synbkd), to run over seeds
 ABLATIONS |= {

@@ -220,6 +220,28 @@ def test_repair_filter_repaired_drops_the_mislabelled_rows(tiny_bert):
     assert res.report["repair"]["rows"] == 40 and res.report["repair"]["poisoned_rows"] is None
 
 
+def test_repair_filter_crossfit_judges_each_row_by_a_model_that_never_saw_it(tiny_bert):
+    train = mislabelled()
+    base = dict(FAST, repair_controls=False, victim_epochs=4, repair_epochs=4, repair_lr=5e-3, lr=5e-3,
+                repair_embedding_lr=None, repair_teacher="victim")  # each fold's judge sees only half the rows
+    plain = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base))
+    crossfit = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_filter="crossfit"))
+    before, after = plain.report["repair"], crossfit.report["repair"]
+    assert "pass 1 of 1, 2 folds" in after["source"]
+    assert before["poisoned_rows"] >= 12
+    # models repaired on the other fold learned good/bad; they dispute most flipped labels, few clean ones
+    assert after["poisoned_rows"] <= before["poisoned_rows"] // 3
+    assert before["rows"] - after["rows"] <= 2 * (before["poisoned_rows"] - after["poisoned_rows"])
+    # a second pass filters what the first kept (it can only drop more), with three folds
+    cfg = BTUConfig(**base, repair_filter="crossfit", repair_filter_passes=2, repair_filter_folds=3)
+    twice = btu.defend(train, model=str(tiny_bert), config=cfg)
+    assert "pass 2 of 2, 3 folds" in twice.report["repair"]["source"]
+    assert twice.report["repair"]["poisoned_rows"] <= before["poisoned_rows"] // 3
+    for bad in (dict(repair_filter_folds=1), dict(repair_filter_passes=0)):
+        with pytest.raises(ConfigError, match="repair_filter_folds"):
+            BTUConfig(repair_filter="crossfit", **bad)
+
+
 def test_repair_teacher_distils_the_victim(tiny_bert):
     train = planted(96, seed=1)
     base = BTUConfig(**{**FAST, "repair_controls": False})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .config import REPAIR_FILTERS
+
 
 def add_btu_options(p):
     g = p.add_argument_group("BTU")
@@ -40,7 +42,8 @@ def cmd_defend(a):
     from .report import flagged_table, result_table, write_report
 
     cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
-                     repair_filter=a.repair_filter, repair_teacher=a.repair_teacher,
+                     repair_filter=a.repair_filter, repair_filter_folds=a.filter_folds,
+                     repair_filter_passes=a.filter_passes, repair_teacher=a.repair_teacher,
                      repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
                      threshold=a.threshold, padding=a.padding, change_from=a.change_from,
                      victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
@@ -131,9 +134,14 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--change-from", default="victim", choices=["victim", "round1"])
     g.add_argument("--unlearn-max-rows", type=float, default=None,
                    help="do not unlearn flagged tokens found in more than this share of training rows (e.g. 0.15)")
-    g.add_argument("--repair-filter", choices=["none", "agree", "repaired"], default="none",
+    g.add_argument("--repair-filter", choices=list(REPAIR_FILTERS), default="none",
                    help="without --clean-data: agree = also drop rows whose label the unlearned model disputes; "
-                        "repaired = repair, drop the rows whose label the repaired model disputes, repair again")
+                        "repaired = repair, drop the rows whose label the repaired model disputes, repair again; "
+                        "crossfit = drop the rows whose label a model repaired on the other folds disputes, then "
+                        "repair (for paraphrase triggers, which carry no flagged token)")
+    g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter crossfit: folds (2)")
+    g.add_argument("--filter-passes", type=int, default=1,
+                   help="with --repair-filter crossfit: filter again on what the last pass kept (1)")
     g.add_argument("--repair-teacher", choices=["none", "victim"], default="none",
                    help="victim = the repair also distils the victim's logits on the repair rows (soft labels)")
     g.add_argument("--distill-weight", type=float, default=0.5,

@@ -17,6 +17,7 @@ UNLEARN_METHODS = ("btu", "row", "pr1", "pr2", "pn", "none")
 THRESHOLDS = ("mean", "frobenius")
 PADDINGS = ("pretrained", "victim", "zero")
 CHANGE_FROM = ("victim", "round1")
+REPAIR_FILTERS = ("none", "agree", "repaired", "crossfit")
 
 
 @dataclass
@@ -56,8 +57,11 @@ class BTUConfig:
     # default repair set: drop the carriers of flagged tokens found in at most this share of rows
     repair_token_max_rows: float = 0.15
     # default repair set: agree = also drop rows the unlearned model mislabels; repaired = repair, drop the rows
-    # the repaired model mislabels, repair the unlearned model again
+    # the repaired model mislabels, repair the unlearned model again; crossfit = drop the rows a model repaired
+    # on the other folds mislabels (repair_filter_passes times), then repair
     repair_filter: str = "none"
+    repair_filter_folds: int = 2
+    repair_filter_passes: int = 1
     repair_teacher: str = "none"  # victim: distil the victim's logits on the repair rows (they carry no trigger)
     repair_distill_weight: float = 0.5
     repair_distill_temperature: float = 2.0
@@ -74,7 +78,7 @@ class BTUConfig:
             raise ConfigError("round 3 removes round 2's tokens, so it needs round 2")
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
-        for name, allowed in (("repair_filter", ("none", "agree", "repaired")), ("repair_teacher", ("none", "victim")),
+        for name, allowed in (("repair_filter", REPAIR_FILTERS), ("repair_teacher", ("none", "victim")),
                               ("repair_trainable", ("all", "embeddings")),
                               ("score", SCORES), ("unlearn", UNLEARN_METHODS),
                               ("threshold", THRESHOLDS), ("padding", PADDINGS), ("change_from", CHANGE_FROM)):
@@ -83,6 +87,9 @@ class BTUConfig:
         if not 0.0 <= self.repair_distill_weight <= 1.0 or self.repair_distill_temperature <= 0:
             raise ConfigError("repair_distill_weight must be in [0, 1] and repair_distill_temperature > 0, not "
                               f"{self.repair_distill_weight} and {self.repair_distill_temperature}")
+        if self.repair_filter_folds < 2 or self.repair_filter_passes < 1:
+            raise ConfigError("repair_filter_folds must be at least 2 and repair_filter_passes at least 1, not "
+                              f"{self.repair_filter_folds} and {self.repair_filter_passes}")
         if self.change_from == "round1" and 1 not in self.rounds:
             raise ConfigError("change_from=round1 needs detection round 1")
 
