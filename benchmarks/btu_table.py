@@ -54,6 +54,12 @@ ABLATIONS = {
     "relative": [("score=relative", {"score": "relative"})],
     # paraphrase poison judged out of fold before the repair (one pass, and two)
     "crossfit": [("repair-filter=crossfit", {"repair_filter": "crossfit"})],
+    # the ceiling of any repair filter: the default repair set minus its ground-truth poisoned rows
+    "oracle": [("repair=oracle", {"clean_data": "oracle"})],
+    "agree": [("repair-filter=agree", {"repair_filter": "agree"})],
+    "dev": [("repair=sst2-dev", {"clean_data": "dev"})],  # the paper's protocol: a small outside clean set
+    # an outside clean set for every attack: Rotten Tomatoes critic snippets that share no sentence with SST-2 dev/test
+    "rt": [("repair=rotten-tomatoes", {"clean_data": "rt"})],
     "crossfit2": [("repair-filter=crossfit, 2 passes", {"repair_filter": "crossfit", "repair_filter_passes": 2})],
 }
 # the two repair changes that gained CACC on seed 0 (addsent, stylebkd, synbkd), to run over seeds
@@ -64,6 +70,8 @@ ABLATIONS |= {
 }
 ABLATIONS["threshold"] = ABLATIONS["score"] = ABLATIONS["ours"]  # the names of an earlier run
 ABLATION_ATTACKS = ("addword", "addsent", "synbkd")
+# their ASR rows are SST-2 dev's paraphrased negatives, so repairing on SST-2 dev would train on them
+ASR_FROM_DEV = ("synbkd", "stylebkd")
 
 
 def read_results(path: Path) -> list[dict]:
@@ -139,6 +147,35 @@ def clean_reference(a, name, seed, train_ds, test, ptest, base, tok, commit) -> 
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit}
 
 
+def oracle_repair_set(det, tok, ids, ptrain, max_share):
+    """The default repair set (the training rows without a flagged token) minus its ground-truth poisoned
+    rows: what a perfect filter of the rows the flagged tokens miss would leave."""
+    from btu.defenses.btu.pipeline import describe_flagged, suspect_rows
+
+    carriers = suspect_rows(describe_flagged(det, tok, ids, ptrain), len(ptrain), max_share)
+    ds = ptrain.subset([i for i in range(len(ptrain)) if i not in carriers and not ptrain.poisoned[i]])
+    ds.source = "oracle repair set"
+    return ds
+
+
+def outside_clean_set():
+    """The built-in Rotten Tomatoes dev split minus every row that contains, or is contained in, an
+    SST-2 dev or test sentence (SST-2 was cut from the same critic snippets: 225 of 1,297 rows)."""
+    import re
+
+    from btu.data import load_source
+
+    def norm(t):
+        return re.sub(r"[^a-z0-9]", "", t.lower())
+
+    sst = [norm(t) for role in ("dev", "test") for t in load_source(str(SHARED / "sst2"), role).texts]
+    sst = [t for t in sst if len(t) >= 20]
+    rt = load_source("rotten-tomatoes", "dev")
+    ds = rt.subset([i for i, t in enumerate(map(norm, rt.texts)) if not any(s in t or t in s for s in sst)])
+    ds.source = "rotten-tomatoes dev without SST-2 dev/test sentences"
+    return ds
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attacks", nargs="+", default=list(ATTACK_DATA), choices=list(ATTACK_DATA))
@@ -187,12 +224,17 @@ def main(argv=None):
     test = load_source(str(SHARED / "sst2"), "test")
     if a.limit:
         test = test.subset(range(a.limit))
+    outside = outside_clean_set() if "rt" in a.ablations else None
     for seed in a.seeds:
         for name in a.attacks:
             variants = [("BTU", {})]
             if seed in (a.ablation_seeds or a.seeds[:1]) and name in a.ablation_attacks:
                 for abl in a.ablations:
                     variants += [v for v in ABLATIONS[abl] if v not in variants]
+            if name in ASR_FROM_DEV and any(o.get("clean_data") == "dev" for _, o in variants):
+                print(f"{name} seed {seed}: repair on SST-2 dev skipped, {name}'s ASR rows are SST-2 dev's "
+                      "(it would train on the clean text of the test rows)", flush=True)
+                variants = [(v, o) for v, o in variants if o.get("clean_data") != "dev"]
             todo = [(v, o) for v, o in variants if (name, seed, v, a.victim_epochs) not in done]
             clean_todo = a.clean_model and (name, seed, CLEAN, a.victim_epochs) not in done
             if not todo and not clean_todo:
@@ -201,7 +243,7 @@ def main(argv=None):
             train_ds = load_source(str(src), "train")
             if a.limit:
                 train_ds = train_ds.subset(range(a.limit))
-            asr_source = load_source(str(src), "dev") if name in ("synbkd", "stylebkd") else test
+            asr_source = load_source(str(src), "dev") if name in ASR_FROM_DEV else test
             if a.limit:
                 asr_source = asr_source.subset(range(min(a.limit, len(asr_source))))
             attack = make_attack(name, rate=0.1, target=1)
@@ -239,9 +281,12 @@ def main(argv=None):
             clean_dev = load_source(str(SHARED / "sst2"), "dev")  # the paper's "small clean set" (872 rows)
             for variant, overrides in todo:
                 overrides = dict(overrides)
-                clean = clean_dev if overrides.pop("clean_data", None) == "dev" else None
+                repair_data = overrides.pop("clean_data", None)
                 cfg = replace(base_cfg, **overrides, repair_controls=(variant == "BTU"))
                 det = detect(base, tok, ids, ptrain.labels, 2, cfg, previous=full_det)
+                clean = {"dev": clean_dev, "rt": outside}.get(repair_data)
+                if repair_data == "oracle":
+                    clean = oracle_repair_set(det, tok, ids, ptrain, cfg.repair_token_max_rows)
                 t0 = time.perf_counter()
                 out = defend(ptrain, a.model, clean_data=clean, test=test, poison_test=ptest, target=1, config=cfg,
                              victim=copy.deepcopy(victim), detection=det)
