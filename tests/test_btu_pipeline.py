@@ -111,7 +111,7 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
     out = tmp_path / "out"
     rc = main(["defend", "--train", str(data), "--test", str(data), "--model", str(tiny_bert), "--out", str(out),
                "--epochs", "1", "--lr", "5e-3", "--alpha", "0.01", "--detect-lr", "5e-3", "--shallow-lr", "5e-3",
-               "--repair-epochs", "1", "--no-progress"])
+               "--repair-epochs", "1", "--repair-filter", "crossfit", "--filter-folds", "3", "--no-progress"])
     assert rc == 0
     for f in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "report.json", "report.md",
               "btu_config.json", "distances.safetensors"):
@@ -119,7 +119,9 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
     report = json.loads((out / "report.json").read_text())
     assert len(report["rows"]) == 4 and report["flagged"]
     assert "## Flagged tokens" in (out / "report.md").read_text()
-    assert json.loads((out / "btu_config.json").read_text())["alpha"] == 0.01
+    saved = json.loads((out / "btu_config.json").read_text())
+    assert saved["alpha"] == 0.01 and saved["repair_filter"] == "crossfit" and saved["repair_filter_folds"] == 3
+    assert "3 folds" in report["repair"]["source"]
     from safetensors.torch import load_file
 
     d = load_file(str(out / "distances.safetensors"))
