@@ -56,6 +56,8 @@ ABLATIONS = {
     "crossfit": [("repair-filter=crossfit", {"repair_filter": "crossfit"})],
     # the ceiling of any repair filter: the default repair set minus its ground-truth poisoned rows
     "oracle": [("repair=oracle", {"clean_data": "oracle"})],
+    # is what the oracle leaves a bias that a longer repair undoes?
+    "oracle3": [("repair=oracle, 3 epochs", {"clean_data": "oracle", "repair_epochs": 3.0})],
     "agree": [("repair-filter=agree", {"repair_filter": "agree"})],
     "dev": [("repair=sst2-dev", {"clean_data": "dev"})],  # the paper's protocol: a small outside clean set
     # an outside clean set for every attack: Rotten Tomatoes critic snippets that share no sentence with SST-2 dev/test
