@@ -52,7 +52,7 @@ ABLATIONS = {
                ("repair-filter=repaired, embedding lr 1e-3",
                 {"repair_filter": "repaired", "repair_embedding_lr": 1e-3})],
     "relative": [("score=relative", {"score": "relative"})],
-    # paraphrase poison judged out of fold before the repair (one pass, and two)
+    # paraphrase poison judged out of fold before the repair (crossfit2: two passes)
     "crossfit": [("repair-filter=crossfit", {"repair_filter": "crossfit"})],
     # the ceiling of any repair filter: the default repair set minus its ground-truth poisoned rows
     "oracle": [("repair=oracle", {"clean_data": "oracle"})],
@@ -226,7 +226,9 @@ def main(argv=None):
     test = load_source(str(SHARED / "sst2"), "test")
     if a.limit:
         test = test.subset(range(a.limit))
-    outside = outside_clean_set() if "rt" in a.ablations else None
+    clean_sets = {"dev": load_source(str(SHARED / "sst2"), "dev")}  # the paper's "small clean set" (872 rows)
+    if "rt" in a.ablations:
+        clean_sets["rt"] = outside_clean_set()
     for seed in a.seeds:
         for name in a.attacks:
             variants = [("BTU", {})]
@@ -280,13 +282,12 @@ def main(argv=None):
                 from btu_figure import figure1
 
                 figure1(full_det, trig, tok, ids, figure, title=f"{name}, SST-2, MiniLM, seed {seed}")
-            clean_dev = load_source(str(SHARED / "sst2"), "dev")  # the paper's "small clean set" (872 rows)
             for variant, overrides in todo:
                 overrides = dict(overrides)
                 repair_data = overrides.pop("clean_data", None)
                 cfg = replace(base_cfg, **overrides, repair_controls=(variant == "BTU"))
                 det = detect(base, tok, ids, ptrain.labels, 2, cfg, previous=full_det)
-                clean = {"dev": clean_dev, "rt": outside}.get(repair_data)
+                clean = clean_sets.get(repair_data)
                 if repair_data == "oracle":
                     clean = oracle_repair_set(det, tok, ids, ptrain, cfg.repair_token_max_rows)
                 t0 = time.perf_counter()

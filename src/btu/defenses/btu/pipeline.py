@@ -192,67 +192,66 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
         keep = [i for i in range(len(dataset)) if i not in carriers]
         repair_source = f"training set minus {len(carriers)} rows with a flagged token"
-        if cfg.repair_filter == "agree":
-            # dirty-label poison that carries no flagged token (a paraphrase trigger) is labelled
-            # against its content: once unlearned, the model disagrees with those labels
-            keep, dropped = _agreeing(unlearned, tok, ids, dataset.labels, keep, cfg.precision)
-            repair_source += f" and {dropped} rows whose label the unlearned model disputes"
         repair_ds = dataset.subset(keep)
         repair_ids = [ids[i] for i in keep]
-
-    repair_labels = repair_ds.labels
+    teacher = None
+    filtering = clean_data is None  # the user's clean data is never filtered
 
     def repair(model, desc, rows=None):
         """A copy of `model` fine-tuned on the repair rows (all, or these positions in the repair set),
         distilling `teacher` when there is one."""
         rows = list(range(len(repair_ids))) if rows is None else rows
         out = copy.deepcopy(model)
-        train(out, tok, input_ids=[repair_ids[i] for i in rows], labels=[repair_labels[i] for i in rows],
+        train(out, tok, input_ids=[repair_ids[i] for i in rows], labels=[repair_ds.labels[i] for i in rows],
               teacher_logits=teacher[rows] if teacher is not None else None,
               config=tcfg(cfg.repair_epochs, cfg.repair_lr, desc, 1, cfg.repair_embedding_lr, cfg.repair_trainable))
         return out
 
-    def out_of_fold_agreeing(rows, desc) -> tuple[list[int], int]:
-        """The rows whose label a model repaired *without them* predicts: each of k folds is judged by the
-        unlearned model repaired on the other folds, so a poisoned row cannot vouch for itself."""
-        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed + 7)).tolist()
+    def out_of_fold_agreeing(desc) -> tuple[list[int], int]:
+        """The repair rows whose label a model repaired *without them* predicts: each of k folds is judged by
+        the unlearned model repaired on the other folds, so a poisoned row cannot vouch for itself."""
+        perm = torch.randperm(len(repair_ids), generator=torch.Generator().manual_seed(cfg.seed + 7)).tolist()
         k = cfg.repair_filter_folds
-        folds = [sorted(rows[j] for j in perm[f::k]) for f in range(k)]
+        folds = [sorted(perm[f::k]) for f in range(k)]
         kept = []
         for f, fold in enumerate(folds):
             rest = sorted(i for g, other in enumerate(folds) if g != f for i in other)
             judge = repair(unlearned, f"{desc}, fold {f + 1}/{k}", rest)
-            kept += _agreeing(judge, tok, repair_ids, repair_labels, fold, cfg.precision)[0]
-        return sorted(kept), len(rows) - len(kept)
+            kept += _agreeing(judge, tok, repair_ids, repair_ds.labels, fold, cfg.precision)[0]
+        return sorted(kept), len(repair_ids) - len(kept)
 
     def restrict(kept):
         """Keep only these positions of the repair set (and of the teacher's logits)."""
-        nonlocal repair_ds, repair_ids, repair_labels, keep, teacher
+        nonlocal repair_ds, repair_ids, keep, teacher
         repair_ds, repair_ids, keep = repair_ds.subset(kept), [repair_ids[i] for i in kept], [keep[i] for i in kept]
-        repair_labels = repair_ds.labels
         teacher = teacher[kept] if teacher is not None else None
 
+    if filtering and cfg.repair_filter == "agree":
+        # dirty-label poison that carries no flagged token (a paraphrase trigger) is labelled
+        # against its content: once unlearned, the model disagrees with those labels
+        kept, dropped = _agreeing(unlearned, tok, repair_ids, repair_ds.labels, range(len(repair_ids)), cfg.precision)
+        repair_source += f" and {dropped} rows whose label the unlearned model disputes"
+        restrict(kept)
     start = time.perf_counter()
     defended = unlearned
-    teacher = None
     if cfg.repair_teacher == "victim" and cfg.repair_epochs > 0 and len(repair_ds):
         # the victim is accurate on rows without its trigger; its soft labels carry more than the hard ones
         teacher = predict_logits(vmodel, tok, input_ids=repair_ids, precision=cfg.precision)
         repair_source += ", distilling the victim's logits"
-    if cfg.repair_filter == "crossfit" and clean_data is None and cfg.repair_epochs > 0 and len(repair_ds) > 1:
+    if filtering and cfg.repair_filter == "crossfit" and cfg.repair_epochs > 0 and len(repair_ds) > 1:
         # dirty-label poison without a flagged token (a paraphrase trigger) is labelled against its content;
         # judged out of fold, before the repair can relearn it from those same rows
         for n in range(cfg.repair_filter_passes):
-            kept, dropped = out_of_fold_agreeing(list(range(len(repair_ids))), f"repair filter pass {n + 1}")
+            kept, dropped = out_of_fold_agreeing(f"repair filter pass {n + 1}")
             repair_source += f"{',' if n else ' and'} {dropped} rows whose label a model repaired without them " \
                              f"disputes (pass {n + 1} of {cfg.repair_filter_passes}, {cfg.repair_filter_folds} folds)"
             restrict(kept)
     if cfg.repair_epochs > 0 and len(repair_ds):
         defended = repair(unlearned, "BTU repair")
-        if cfg.repair_filter == "repaired" and clean_data is None:
+        if filtering and cfg.repair_filter == "repaired":
             # the repaired model no longer has the backdoor (it can judge rows the unlearned model, still
             # damaged, cannot): drop the rows it disputes and repair the unlearned model again
-            kept, dropped = _agreeing(defended, tok, repair_ids, repair_labels, range(len(repair_ids)),
+            kept, dropped = _agreeing(defended, tok, repair_ids, repair_ds.labels, range(len(repair_ids)),
                                       cfg.precision)
             repair_source += f" and {dropped} rows whose label the first repaired model disputes (repaired twice)"
             restrict(kept)
