@@ -45,6 +45,7 @@ ABLATIONS = {
     "teacher": [("repair-teacher=victim", {"repair_teacher": "victim"}),
                 ("repair-teacher=victim,w=1", {"repair_teacher": "victim", "repair_distill_weight": 1.0})],
     "repairlr": [("repair-lr=5e-5", {"repair_lr": 5e-5})],
+    "repairlr1e-4": [("repair-lr=1e-4", {"repair_lr": 1e-4})],  # the lr of the --victim-lr 1e-4 victims
     "embedlr": [("repair-embedding-lr=1e-3", {"repair_embedding_lr": 1e-3}),
                 ("repair-embedding-lr=2e-4", {"repair_embedding_lr": 2e-4}),
                 ("repair embeddings only, lr 1e-3", {"repair_trainable": "embeddings", "repair_lr": 1e-3})],
@@ -116,8 +117,21 @@ def trigger_ranks(det, tok, trig_ids) -> dict:
 CLEAN = "clean model"
 
 
-def cached_training(folder: Path, base, tok, input_ids, labels, epochs, seed, desc):
-    """`base` fine-tuned like the victims (TrainConfig defaults, `epochs`, `seed`) and saved in
+VICTIM_LR = 2e-5  # TrainConfig's default: the victims of every results file before session 5
+
+
+def victim_tag(a) -> str:
+    """The victim recipe in cache folder names: `epochs3`, or `epochs3-lr0.0001` for another lr."""
+    return f"epochs{a.victim_epochs:g}" + ("" if a.victim_lr == VICTIM_LR else f"-lr{a.victim_lr:g}")
+
+
+def cell_key(row: dict) -> tuple:
+    """What identifies a results row: a rerun skips the cells whose key is already in the file."""
+    return row["attack"], row["seed"], row["variant"], row["victim_epochs"], row.get("victim_lr", VICTIM_LR)
+
+
+def cached_training(folder: Path, base, tok, input_ids, labels, epochs, lr, seed, desc):
+    """`base` fine-tuned like the victims (TrainConfig defaults, `epochs`, `lr`, `seed`) and saved in
     `folder`, or loaded from there; with the training seconds (stored beside it)."""
     from btu.models import load_classifier, save_model
     from btu.training import TrainConfig, train
@@ -126,7 +140,7 @@ def cached_training(folder: Path, base, tok, input_ids, labels, epochs, seed, de
         return load_classifier(str(folder))[0], json.loads((folder.parent / "timing.json").read_text())["seconds"]
     model = copy.deepcopy(base)
     res = train(model, tok, input_ids=input_ids, labels=labels,
-                config=TrainConfig(epochs=epochs, seed=seed, progress=sys.stderr.isatty(), desc=desc))
+                config=TrainConfig(epochs=epochs, lr=lr, seed=seed, progress=sys.stderr.isatty(), desc=desc))
     save_model(model, tok, folder)
     (folder.parent / "timing.json").write_text(json.dumps({"seconds": res.seconds}))
     return model, res.seconds
@@ -139,11 +153,12 @@ def clean_reference(a, name, seed, train_ds, test, ptest, base, tok, commit) -> 
     from btu.training import evaluate
     from btu.training.batching import encode
 
-    mdir = Path(a.cache) / f"{a.model}-clean-seed{seed}-epochs{a.victim_epochs:g}" / "model"
+    mdir = Path(a.cache) / f"{a.model}-clean-seed{seed}-{victim_tag(a)}" / "model"
     model, seconds = cached_training(mdir, base, tok, encode(tok, train_ds.texts), train_ds.labels,
-                                     a.victim_epochs, seed, f"clean model seed {seed}")
+                                     a.victim_epochs, a.victim_lr, seed, f"clean model seed {seed}")
     m = evaluate(model, tok, test, ptest, 1)
-    return {"attack": name, "seed": seed, "variant": CLEAN, "victim_epochs": a.victim_epochs, "model": a.model,
+    return {"attack": name, "seed": seed, "variant": CLEAN, "victim_epochs": a.victim_epochs,
+            "victim_lr": a.victim_lr, "model": a.model,
             "rows": {CLEAN: {"cacc": m["cacc"], "asr": m["asr"], "asr_no_trigger": m.get("asr_no_trigger")}},
             "train_rows": len(train_ds), "seconds": {"training": seconds},
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit}
@@ -186,6 +201,8 @@ def main(argv=None):
     p.add_argument("--ablation-attacks", nargs="+", default=list(ABLATION_ATTACKS))
     p.add_argument("--ablation-seeds", nargs="+", type=int, help="seeds the ablations run on (default: the first)")
     p.add_argument("--victim-epochs", type=float, default=3.0)
+    p.add_argument("--victim-lr", type=float, default=VICTIM_LR,
+                   help="the victims' and the clean model's lr (cached per epochs and lr)")
     p.add_argument("--model", default="minilm")
     p.add_argument("--results", default=str(HERE / "results" / "btu_table.jsonl"))
     p.add_argument("--cache", default=str(HERE / "cache"))
@@ -222,7 +239,7 @@ def main(argv=None):
     from btu.training.batching import encode
 
     commit = git_commit()
-    done = {(r["attack"], r["seed"], r["variant"], r["victim_epochs"]) for r in read_results(results)}
+    done = {cell_key(r) for r in read_results(results)}
     test = load_source(str(SHARED / "sst2"), "test")
     if a.limit:
         test = test.subset(range(a.limit))
@@ -239,8 +256,8 @@ def main(argv=None):
                 print(f"{name} seed {seed}: repair on SST-2 dev skipped, {name}'s ASR rows are SST-2 dev's "
                       "(it would train on the clean text of the test rows)", flush=True)
                 variants = [(v, o) for v, o in variants if o.get("clean_data") != "dev"]
-            todo = [(v, o) for v, o in variants if (name, seed, v, a.victim_epochs) not in done]
-            clean_todo = a.clean_model and (name, seed, CLEAN, a.victim_epochs) not in done
+            todo = [(v, o) for v, o in variants if (name, seed, v, a.victim_epochs, a.victim_lr) not in done]
+            clean_todo = a.clean_model and (name, seed, CLEAN, a.victim_epochs, a.victim_lr) not in done
             if not todo and not clean_todo:
                 continue
             src = SHARED / ATTACK_DATA[name]
@@ -253,7 +270,7 @@ def main(argv=None):
             attack = make_attack(name, rate=0.1, target=1)
             ptrain = attack.poison_train(train_ds, seed)
             ptest = attack.poison_test(asr_source, seed)
-            base_cfg = BTUConfig(seed=seed, victim_epochs=a.victim_epochs, progress=sys.stderr.isatty())
+            base_cfg = BTUConfig(seed=seed, victim_epochs=a.victim_epochs, lr=a.victim_lr, progress=sys.stderr.isatty())
             seed_everything(seed)  # the new head's initialisation (frozen in detection round 1) depends on it
             base, tok = load_classifier(a.model, label_names=train_ds.label_names)
             ids = encode(tok, ptrain.texts)
@@ -261,7 +278,7 @@ def main(argv=None):
             if clean_todo:
                 row = clean_reference(a, name, seed, train_ds, test, ptest, base, tok, commit)
                 append_result(results, row)
-                done.add((name, seed, CLEAN, a.victim_epochs))
+                done.add((name, seed, CLEAN, a.victim_epochs, a.victim_lr))
                 m = row["rows"][CLEAN]
                 print(f"{name} seed {seed} {CLEAN}: {m['cacc']:.2f}/{m['asr']:.2f} "
                       f"(without trigger {m['asr_no_trigger']:.2f})", flush=True)
@@ -269,8 +286,9 @@ def main(argv=None):
                     continue
 
             # the victim, cached
-            vdir = Path(a.cache) / f"{a.model}-{name}-seed{seed}-epochs{a.victim_epochs:g}" / "victim"
-            victim, victim_seconds = cached_training(vdir, base, tok, ids, ptrain.labels, a.victim_epochs, seed,
+            vdir = Path(a.cache) / f"{a.model}-{name}-seed{seed}-{victim_tag(a)}" / "victim"
+            victim, victim_seconds = cached_training(vdir, base, tok, ids, ptrain.labels, a.victim_epochs,
+                                                     a.victim_lr, seed,
                                                      f"victim {name} seed {seed}")
             epoch_seconds = victim_seconds / a.victim_epochs
 
@@ -295,6 +313,7 @@ def main(argv=None):
                              victim=copy.deepcopy(victim), detection=det)
                 rep = out.report
                 row = {"attack": name, "seed": seed, "variant": variant, "victim_epochs": a.victim_epochs,
+                       "victim_lr": a.victim_lr,
                        "model": a.model, "rows": {r["model"]: {"cacc": r.get("cacc"), "asr": r.get("asr"),
                                                               "asr_no_trigger": r.get("asr_no_trigger")}
                                                   for r in rep["rows"]},
@@ -310,7 +329,7 @@ def main(argv=None):
                                    "defend_after_victim": time.perf_counter() - t0},
                        "config": cfg.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit}
                 append_result(results, row)
-                done.add((name, seed, variant, a.victim_epochs))
+                done.add((name, seed, variant, a.victim_epochs, a.victim_lr))
                 r = row["rows"]
                 print(f"{name} seed {seed} {variant}: no defense {r['no defense']['cacc']:.2f}/"
                       f"{r['no defense']['asr']:.2f}  BTU {r['BTU (unlearning + repair)']['cacc']:.2f}/"
