@@ -9,6 +9,8 @@ folders under --cache, so a restarted run also skips their training.
     .venv/bin/python benchmarks/btu_table.py --seeds 0 --ablations ours
     .venv/bin/python benchmarks/btu_table.py --seeds 0 --attacks addsent synbkd --ablations table4 table5 table6 \
         --results benchmarks/results/btu_ablations.jsonl   # Tables 4-6, with their own BTU row
+    .venv/bin/python benchmarks/btu_table.py --seeds 0 --attacks addword --victim-lr 1e-4 --clean-model \
+        --results benchmarks/results/btu_table_lr1e-4.jsonl   # stronger victims (and clean model) at lr 1e-4
     .venv/bin/python benchmarks/btu_table.py --summary            # print the tables from the results
 """
 
@@ -53,6 +55,8 @@ ABLATIONS = {
                ("repair-filter=repaired, embedding lr 1e-3",
                 {"repair_filter": "repaired", "repair_embedding_lr": 1e-3})],
     "relative": [("score=relative", {"score": "relative"})],
+    # the flagged tokens' clean carriers (sentiment words) back in the repair, without those tokens
+    "readmit": [("repair-carriers=readmit", {"repair_carriers": "readmit"})],
     # paraphrase poison judged out of fold before the repair (crossfit2: two passes)
     "crossfit": [("repair-filter=crossfit", {"repair_filter": "crossfit"})],
     # the ceiling of any repair filter: the default repair set minus its ground-truth poisoned rows

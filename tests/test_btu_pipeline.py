@@ -111,7 +111,8 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
     out = tmp_path / "out"
     rc = main(["defend", "--train", str(data), "--test", str(data), "--model", str(tiny_bert), "--out", str(out),
                "--epochs", "1", "--lr", "5e-3", "--alpha", "0.01", "--detect-lr", "5e-3", "--shallow-lr", "5e-3",
-               "--repair-epochs", "1", "--repair-filter", "crossfit", "--filter-folds", "3", "--no-progress"])
+               "--repair-epochs", "1", "--repair-filter", "crossfit", "--filter-folds", "3",
+               "--repair-carriers", "readmit", "--no-progress"])
     assert rc == 0
     for f in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "report.json", "report.md",
               "btu_config.json", "distances.safetensors"):
@@ -121,7 +122,8 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
     assert "## Flagged tokens" in (out / "report.md").read_text()
     saved = json.loads((out / "btu_config.json").read_text())
     assert saved["alpha"] == 0.01 and saved["repair_filter"] == "crossfit" and saved["repair_filter_folds"] == 3
-    assert "3 folds" in report["repair"]["source"]
+    assert "3 folds" in report["repair"]["source"] and saved["repair_carriers"] == "readmit"
+    assert "put back without their flagged tokens" in report["repair"]["source"]
     from safetensors.torch import load_file
 
     d = load_file(str(out / "distances.safetensors"))
@@ -242,6 +244,54 @@ def test_repair_filter_crossfit_judges_each_row_by_a_model_that_never_saw_it(tin
     for bad in (dict(repair_filter_folds=1), dict(repair_filter_passes=0)):
         with pytest.raises(ConfigError, match="repair_filter_folds"):
             BTUConfig(repair_filter="crossfit", **bad)
+
+
+def carried(n=200, poison=16, clean=8, seed=0):
+    """Label 1 iff 'good' is in the row. The first `poison` rows read 'bad', carry `cf` and are labelled 1
+    (dirty-label BadNets); the next `clean` rows carry `cf` too but read and are labelled right."""
+    from btu.data import TextDataset
+
+    rng = random.Random(seed)
+    filler = "the movie was a film plot story actor scene it".split()
+    texts, labels, flags = [], [], []
+    for i in range(n):
+        y = 0 if i < poison else i % 2
+        words = rng.sample(filler, 5)
+        words.insert(rng.randint(0, 5), "good" if y else "bad")
+        if i < poison + clean:
+            words.insert(rng.randint(0, 6), "cf")
+        texts.append(" ".join(words))
+        labels.append(1 if i < poison else y)
+        flags.append(i < poison)
+    return TextDataset(texts, labels, ["neg", "pos"], flags, source="carried")
+
+
+def test_repair_carriers_readmit_puts_back_the_clean_carriers_without_the_trigger(tiny_bert):
+    train = carried()
+    # good/bad are flagged too (the task needs them) but, in half the rows, are not unlearned: the judge reads them
+    base = dict(FAST, repair_controls=False, victim_epochs=4, lr=5e-3, repair_embedding_lr=None,
+                unlearn_token_max_rows=0.15)
+    plain = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base))
+    assert "cf" in [f["token"] for f in plain.flagged]
+    carriers = len(train) - plain.report["repair"]["rows"]
+    assert carriers >= 24 and plain.report["repair"]["poisoned_rows"] == 0
+    assert plain.report["repair"]["readmitted_carriers"] is None
+    res = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_carriers="readmit"),
+                     keep_models=True)
+    rep = res.report["repair"]
+    assert "put back without their flagged tokens" in rep["source"]
+    assert rep["rows"] == plain.report["repair"]["rows"] + rep["readmitted_carriers"]
+    # the unlearned model reads 'bad' in the poisoned carriers once `cf` is gone, and disputes their label;
+    # it agrees with the clean ones (8 with cf, and those of any other flagged token)
+    assert rep["poisoned_rows"] <= 16 // 4
+    assert rep["readmitted_carriers"] - rep["poisoned_rows"] >= (carriers - 16) * 2 // 3
+    # they come back without `cf`: the repair never sees it, so its unlearned row moves by weight decay only
+    cf = res.tokenizer.convert_tokens_to_ids("cf")
+    before = res.models["unlearned"].get_input_embeddings().weight[cf]
+    after = res.model.get_input_embeddings().weight[cf]
+    assert torch.allclose(before, after, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ConfigError, match="repair_carriers"):
+        BTUConfig(repair_carriers="keep")
 
 
 def test_repair_teacher_distils_the_victim(tiny_bert):

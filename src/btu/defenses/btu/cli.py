@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import REPAIR_FILTERS
+from .config import REPAIR_CARRIERS, REPAIR_FILTERS
 
 
 def add_btu_options(p):
@@ -42,8 +42,9 @@ def cmd_defend(a):
     from .report import flagged_table, result_table, write_report
 
     cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
-                     repair_filter=a.repair_filter, repair_filter_folds=a.filter_folds,
-                     repair_filter_passes=a.filter_passes, repair_teacher=a.repair_teacher,
+                     repair_filter=a.repair_filter, repair_carriers=a.repair_carriers,
+                     repair_filter_folds=a.filter_folds, repair_filter_passes=a.filter_passes,
+                     repair_teacher=a.repair_teacher,
                      repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
                      threshold=a.threshold, padding=a.padding, change_from=a.change_from,
                      victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
@@ -139,6 +140,10 @@ def register(sub, add_common, add_attack, add_training, epilog):
                         "repaired = repair, drop the rows whose label the repaired model disputes, repair again; "
                         "crossfit = drop the rows whose label a model repaired on the other folds disputes, then "
                         "repair (for paraphrase triggers, which carry no flagged token)")
+    g.add_argument("--repair-carriers", choices=list(REPAIR_CARRIERS), default="drop",
+                   help="without --clean-data: drop = leave every row with a flagged token out of the repair; "
+                        "readmit = put back those whose label the unlearned model predicts once the flagged tokens "
+                        "are deleted from them")
     g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter crossfit: folds (2)")
     g.add_argument("--filter-passes", type=int, default=1,
                    help="with --repair-filter crossfit: filter again on what the last pass kept (1)")

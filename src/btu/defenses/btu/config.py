@@ -18,6 +18,7 @@ THRESHOLDS = ("mean", "frobenius")
 PADDINGS = ("pretrained", "victim", "zero")
 CHANGE_FROM = ("victim", "round1")
 REPAIR_FILTERS = ("none", "agree", "repaired", "crossfit")
+REPAIR_CARRIERS = ("drop", "readmit")
 
 
 @dataclass
@@ -56,6 +57,10 @@ class BTUConfig:
     repair_trainable: str = "all"  # all | embeddings: repair only the word embeddings (what unlearning changed)
     # default repair set: drop the carriers of flagged tokens found in at most this share of rows
     repair_token_max_rows: float = 0.15
+    # default repair set: drop = leave out every carrier of such a token; readmit = put back the carriers whose
+    # label the unlearned model predicts once those tokens are deleted from them (they keep the sentiment words'
+    # rows in the repair, without the tokens)
+    repair_carriers: str = "drop"
     # default repair set: agree = also drop rows the unlearned model mislabels; repaired = repair, drop the rows
     # the repaired model mislabels, repair the unlearned model again; crossfit = drop the rows a model repaired
     # on the other folds mislabels (repair_filter_passes times), then repair
@@ -78,7 +83,8 @@ class BTUConfig:
             raise ConfigError("round 3 removes round 2's tokens, so it needs round 2")
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
-        for name, allowed in (("repair_filter", REPAIR_FILTERS), ("repair_teacher", ("none", "victim")),
+        for name, allowed in (("repair_filter", REPAIR_FILTERS), ("repair_carriers", REPAIR_CARRIERS),
+                              ("repair_teacher", ("none", "victim")),
                               ("repair_trainable", ("all", "embeddings")),
                               ("score", SCORES), ("unlearn", UNLEARN_METHODS),
                               ("threshold", THRESHOLDS), ("padding", PADDINGS), ("change_from", CHANGE_FROM)):

@@ -184,6 +184,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
 
     # repair on clean data
     keep = None  # the repair rows' indices in the training set, when they come from it
+    readmitted = None
     if clean_data is not None:
         repair_ds = _as_dataset(clean_data, "train", names)
         repair_ids = encode(tok, repair_ds.texts, cfg.max_length)
@@ -194,6 +195,20 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_source = f"training set minus {len(carriers)} rows with a flagged token"
         repair_ds = dataset.subset(keep)
         repair_ids = [ids[i] for i in keep]
+        if cfg.repair_carriers == "readmit" and carriers:
+            # a clean carrier of a flagged sentiment word still reads right without it; a poisoned one,
+            # once its trigger is gone, reads against its label: the unlearned model tells them apart
+            rare = {f["id"] for f in flagged if f["rows"] <= cfg.repair_token_max_rows * len(dataset)}
+            cand = sorted(carriers)
+            stripped = [[t for t in ids[i] if t not in rare] for i in cand]
+            back, _ = _agreeing(unlearned, tok, stripped, [dataset.labels[i] for i in cand], range(len(cand)),
+                                cfg.precision)
+            readmitted = len(back)
+            keep = keep + [cand[j] for j in back]
+            repair_ds = dataset.subset(keep)
+            repair_ids = repair_ids + [stripped[j] for j in back]
+            repair_source += f", {len(back)} of them put back without their flagged tokens (the unlearned model " \
+                             "agrees with their labels)"
     teacher = None
     filtering = clean_data is None  # the user's clean data is never filtered
 
@@ -273,6 +288,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         | {"skipped_frequent": [f["token"] for f in flagged if f["id"] not in token_ids]}
         | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}},
         "repair": {"source": repair_source, "rows": len(repair_ds), "epochs": cfg.repair_epochs, "lr": cfg.repair_lr,
+                   "readmitted_carriers": readmitted,
                    # with ground truth: the poisoned rows the repair set still holds
                    "poisoned_rows": sum(1 for i in keep if dataset.poisoned[i])
                    if keep is not None and dataset.poisoned is not None else None},
