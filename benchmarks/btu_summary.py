@@ -7,6 +7,7 @@ import statistics
 from collections import defaultdict
 
 CLEAN = "clean model"
+VICTIM_LR = 2e-5  # the victims' lr in rows without "victim_lr" (every results file before session 5)
 ROWS = [("no defense", "none"), ("unlearning only", "unlearn"), ("BTU (unlearning + repair)", "BTU"),
         ("repair only (no unlearning)", "repair")]
 
@@ -64,7 +65,7 @@ def _clean_reference(main, clean) -> list[str]:
                    + " | ".join(_ms([x.get(row, {}).get(k) for x in b]) for row, k in (
                        ("no defense", "cacc"), (ROWS[2][0], "cacc"), (ROWS[2][0], "asr"),
                        (ROWS[2][0], "asr_no_trigger"))) + " |")
-    lrs = ", ".join(f"{lr:g}" for lr in sorted({r.get("victim_lr", 2e-5) for r in clean}))
+    lrs = ", ".join(f"{lr:g}" for lr in sorted({r.get("victim_lr", VICTIM_LR) for r in clean}))
     out += ["", f"The clean model is trained like the victims (same epochs, batch 32, lr {lrs}, same seed and head "
             "initialisation) on the training set without poison. Its ASR is what the trigger alone does to a "
             "model without a backdoor: what a perfect defense would score with this model.", ""]

@@ -25,6 +25,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from btu_summary import CLEAN, VICTIM_LR
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent / ".." / "shared" / "datasets"
 ATTACK_DATA = {"addword": "sst2", "addsent": "sst2", "synbkd": "sst2-syn", "stylebkd": "sst2-style"}
@@ -116,12 +118,6 @@ def trigger_ranks(det, tok, trig_ids) -> dict:
             ranks[f"round{r.round}"] = {"flagged_rank": order.get(t), "vocab_rank": full_rank}
         out[tok.convert_ids_to_tokens(t)] = ranks
     return out
-
-
-CLEAN = "clean model"
-
-
-VICTIM_LR = 2e-5  # TrainConfig's default: the victims of every results file before session 5
 
 
 def victim_tag(a) -> str:
@@ -244,6 +240,11 @@ def main(argv=None):
 
     commit = git_commit()
     done = {cell_key(r) for r in read_results(results)}
+
+    def key(name, seed, variant):
+        return cell_key({"attack": name, "seed": seed, "variant": variant, "victim_epochs": a.victim_epochs,
+                         "victim_lr": a.victim_lr})
+
     test = load_source(str(SHARED / "sst2"), "test")
     if a.limit:
         test = test.subset(range(a.limit))
@@ -260,8 +261,8 @@ def main(argv=None):
                 print(f"{name} seed {seed}: repair on SST-2 dev skipped, {name}'s ASR rows are SST-2 dev's "
                       "(it would train on the clean text of the test rows)", flush=True)
                 variants = [(v, o) for v, o in variants if o.get("clean_data") != "dev"]
-            todo = [(v, o) for v, o in variants if (name, seed, v, a.victim_epochs, a.victim_lr) not in done]
-            clean_todo = a.clean_model and (name, seed, CLEAN, a.victim_epochs, a.victim_lr) not in done
+            todo = [(v, o) for v, o in variants if key(name, seed, v) not in done]
+            clean_todo = a.clean_model and key(name, seed, CLEAN) not in done
             if not todo and not clean_todo:
                 continue
             src = SHARED / ATTACK_DATA[name]
@@ -282,7 +283,7 @@ def main(argv=None):
             if clean_todo:
                 row = clean_reference(a, name, seed, train_ds, test, ptest, base, tok, commit)
                 append_result(results, row)
-                done.add((name, seed, CLEAN, a.victim_epochs, a.victim_lr))
+                done.add(cell_key(row))
                 m = row["rows"][CLEAN]
                 print(f"{name} seed {seed} {CLEAN}: {m['cacc']:.2f}/{m['asr']:.2f} "
                       f"(without trigger {m['asr_no_trigger']:.2f})", flush=True)
@@ -333,7 +334,7 @@ def main(argv=None):
                                    "defend_after_victim": time.perf_counter() - t0},
                        "config": cfg.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit}
                 append_result(results, row)
-                done.add((name, seed, variant, a.victim_epochs, a.victim_lr))
+                done.add(cell_key(row))
                 r = row["rows"]
                 print(f"{name} seed {seed} {variant}: no defense {r['no defense']['cacc']:.2f}/"
                       f"{r['no defense']['asr']:.2f}  BTU {r['BTU (unlearning + repair)']['cacc']:.2f}/"

@@ -60,17 +60,18 @@ def describe_flagged(detection: DetectionResult, tokenizer, input_ids, dataset: 
     return out
 
 
-def suspect_rows(flagged: list[dict], n_rows: int, max_share: float = 1.0) -> set[int]:
-    """Rows that carry a flagged token found in at most max_share of the rows.
+def rare_flagged(flagged: list[dict], n_rows: int, max_share: float = 1.0) -> list[dict]:
+    """The flagged tokens found in at most max_share of the rows: the candidate triggers.
 
     A token in most rows (".", "the") cannot be the trigger of a poison rate below max_share
-    without poisoning most of the data, so its rows are not suspects.
+    without poisoning most of the data.
     """
-    rows = set()
-    for f in flagged:
-        if f["rows"] <= max_share * n_rows:
-            rows.update(f["row_ids"])
-    return rows
+    return [f for f in flagged if f["rows"] <= max_share * n_rows]
+
+
+def suspect_rows(flagged: list[dict], n_rows: int, max_share: float = 1.0) -> set[int]:
+    """Rows that carry a flagged token found in at most max_share of the rows (`rare_flagged`)."""
+    return {i for f in rare_flagged(flagged, n_rows, max_share) for i in f["row_ids"]}
 
 
 def flagged_row_stats(flagged: list[dict], dataset: TextDataset, max_share: float = 1.0) -> dict:
@@ -193,22 +194,21 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
         keep = [i for i in range(len(dataset)) if i not in carriers]
         repair_source = f"training set minus {len(carriers)} rows with a flagged token"
-        repair_ds = dataset.subset(keep)
         repair_ids = [ids[i] for i in keep]
         if cfg.repair_carriers == "readmit" and carriers:
             # a clean carrier of a flagged sentiment word still reads right without it; a poisoned one,
             # once its trigger is gone, reads against its label: the unlearned model tells them apart
-            rare = {f["id"] for f in flagged if f["rows"] <= cfg.repair_token_max_rows * len(dataset)}
+            rare = {f["id"] for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)}
             cand = sorted(carriers)
             stripped = [[t for t in ids[i] if t not in rare] for i in cand]
             back, _ = _agreeing(unlearned, tok, stripped, [dataset.labels[i] for i in cand], range(len(cand)),
                                 cfg.precision)
             readmitted = len(back)
-            keep = keep + [cand[j] for j in back]
-            repair_ds = dataset.subset(keep)
-            repair_ids = repair_ids + [stripped[j] for j in back]
+            keep += [cand[j] for j in back]
+            repair_ids += [stripped[j] for j in back]
             repair_source += f", {len(back)} of them put back without their flagged tokens (the unlearned model " \
                              "agrees with their labels)"
+        repair_ds = dataset.subset(keep)
     teacher = None
     filtering = clean_data is None  # the user's clean data is never filtered
 
