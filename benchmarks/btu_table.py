@@ -70,7 +70,13 @@ ABLATIONS = {
     # an outside clean set for every attack: Rotten Tomatoes critic snippets that share no sentence with SST-2 dev/test
     "rt": [("repair=rotten-tomatoes", {"clean_data": "rt"})],
     "crossfit2": [("repair-filter=crossfit, 2 passes", {"repair_filter": "crossfit", "repair_filter_passes": 2})],
+    # a fresh copy of the pretrained model trained on the repair set (BTU's detection as a data sanitizer)
+    "fresh": [("repair-from=pretrained", {"repair_from": "pretrained"}),
+              ("repair-from=pretrained, crossfit", {"repair_from": "pretrained", "repair_filter": "crossfit"}),
+              ("repair-from=pretrained, agree", {"repair_from": "pretrained", "repair_filter": "agree"})],
+    "fresh-oracle": [("repair=oracle, from pretrained", {"clean_data": "oracle", "repair_from": "pretrained"})],
 }
+ABLATIONS["fresh-plain"] = ABLATIONS["fresh"][:1]
 # the two repair changes that gained CACC on seed 0 (addsent, stylebkd, synbkd), to run over seeds
 ABLATIONS |= {
     "repairfix": [ABLATIONS["embedlr"][0], ABLATIONS["filter"][1]],

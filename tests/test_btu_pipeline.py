@@ -14,6 +14,7 @@ from btu.defenses import DEFENSES, get_defense
 from btu.defenses.btu import BTUConfig
 from btu.defenses.btu.pipeline import flagged_row_stats, rows_containing
 from btu.errors import ConfigError
+from btu.models import load_classifier
 
 FAST = dict(alpha=0.01, detect_lr=5e-3, shallow_lr=5e-3, lr=5e-3, repair_lr=1e-3, victim_epochs=2,
             detect_epochs=1, repair_epochs=1, batch_size=16, detect_batch_size=16, shallow_batch_size=16,
@@ -112,7 +113,8 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
     rc = main(["defend", "--train", str(data), "--test", str(data), "--model", str(tiny_bert), "--out", str(out),
                "--epochs", "1", "--lr", "5e-3", "--alpha", "0.01", "--detect-lr", "5e-3", "--shallow-lr", "5e-3",
                "--repair-epochs", "1", "--repair-filter", "crossfit", "--filter-folds", "3",
-               "--repair-carriers", "readmit", "--no-progress"])
+               "--repair-carriers", "readmit", "--filter-judge", "both", "--repair-from", "pretrained",
+               "--no-progress"])
     assert rc == 0
     for f in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "report.json", "report.md",
               "btu_config.json", "distances.safetensors"):
@@ -124,6 +126,8 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
     assert saved["alpha"] == 0.01 and saved["repair_filter"] == "crossfit" and saved["repair_filter_folds"] == 3
     assert "3 folds" in report["repair"]["source"] and saved["repair_carriers"] == "readmit"
     assert "put back without their flagged tokens" in report["repair"]["source"]
+    assert saved["repair_from"] == "pretrained" and saved["repair_filter_judge"] == "both"
+    assert "fresh copy of the pretrained model" in report["repair"]["source"] and "each)" in report["repair"]["source"]
     from safetensors.torch import load_file
 
     d = load_file(str(out / "distances.safetensors"))
@@ -241,6 +245,20 @@ def test_repair_filter_crossfit_judges_each_row_by_a_model_that_never_saw_it(tin
     twice = btu.defend(train, model=str(tiny_bert), config=cfg)
     assert "pass 2 of 2, 3 folds" in twice.report["repair"]["source"]
     assert twice.report["repair"]["poisoned_rows"] <= before["poisoned_rows"] // 3
+    # fresh judges (the pretrained model trained on the other fold like the victim) learn good/bad too, less well
+    # from 80 rows of random words than the repaired victim (which knew them); with both judges a row stays only
+    # if each agrees, so fewer rows stay than with either (same seeds, same judges)
+    fresh = btu.defend(train, model=str(tiny_bert),
+                       config=BTUConfig(**base, repair_filter="crossfit", repair_filter_judge="pretrained"))
+    both = btu.defend(train, model=str(tiny_bert),
+                      config=BTUConfig(**base, repair_filter="crossfit", repair_filter_judge="both"))
+    assert "a fresh model trained on the other folds" in fresh.report["repair"]["source"]
+    assert fresh.report["repair"]["poisoned_rows"] < before["poisoned_rows"]
+    assert both.report["repair"]["rows"] <= min(after["rows"], fresh.report["repair"]["rows"])
+    assert both.report["repair"]["poisoned_rows"] <= min(after["poisoned_rows"],
+                                                         fresh.report["repair"]["poisoned_rows"])
+    with pytest.raises(ConfigError, match="repair_filter_judge"):
+        BTUConfig(repair_filter_judge="victim")
     for bad in (dict(repair_filter_folds=1), dict(repair_filter_passes=0)):
         with pytest.raises(ConfigError, match="repair_filter_folds"):
             BTUConfig(repair_filter="crossfit", **bad)
@@ -292,6 +310,30 @@ def test_repair_carriers_readmit_puts_back_the_clean_carriers_without_the_trigge
     assert torch.allclose(before, after, rtol=1e-3, atol=1e-6)
     with pytest.raises(ConfigError, match="repair_carriers"):
         BTUConfig(repair_carriers="keep")
+
+
+def test_repair_from_pretrained_trains_a_fresh_model_that_never_saw_the_trigger(tiny_bert):
+    train = planted(160, seed=1)
+    cfg = BTUConfig(**{**FAST, "repair_controls": False, "repair_from": "pretrained"})
+    res = btu.defend(train, model=str(tiny_bert), config=cfg, keep_models=True)
+    rep = res.report["repair"]
+    assert rep["from"] == "pretrained" and "fresh copy of the pretrained model" in rep["source"]
+    assert rep["epochs"] == FAST["victim_epochs"] and rep["lr"] == FAST["lr"] and rep["poisoned_rows"] == 0
+    cf = res.tokenizer.convert_tokens_to_ids("cf")
+    assert cf in [f["id"] for f in res.flagged]
+    pretrained = load_classifier(str(tiny_bert))[0].get_input_embeddings().weight[cf]
+    victim = res.models["victim"].get_input_embeddings().weight[cf]
+    unlearned = res.models["unlearned"].get_input_embeddings().weight[cf]
+    defended = res.model.get_input_embeddings().weight[cf]
+    # the victim learned `cf` and unlearning overwrote it; the fresh model never saw a `cf` row (its carriers
+    # are not in the repair set), so its row is the pretrained one moved by weight decay only
+    assert not torch.allclose(victim, pretrained, atol=1e-3) and not torch.allclose(unlearned, pretrained, atol=1e-3)
+    assert torch.allclose(defended, pretrained, rtol=1e-3, atol=1e-5)
+    # and the rest of it was trained: it is neither the victim nor the pretrained model
+    head = [p for n, p in res.model.named_parameters() if "classifier" in n][0]
+    assert not torch.equal(head, [p for n, p in res.models["victim"].named_parameters() if "classifier" in n][0])
+    with pytest.raises(ConfigError, match="repair_from"):
+        BTUConfig(repair_from="victim")
 
 
 def test_repair_teacher_distils_the_victim(tiny_bert):

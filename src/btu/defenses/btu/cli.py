@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import REPAIR_CARRIERS, REPAIR_FILTERS
+from .config import REPAIR_CARRIERS, REPAIR_FILTERS, REPAIR_FROM, REPAIR_JUDGES
 
 
 def add_btu_options(p):
@@ -42,9 +42,9 @@ def cmd_defend(a):
     from .report import flagged_table, result_table, write_report
 
     cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
-                     repair_filter=a.repair_filter, repair_carriers=a.repair_carriers,
+                     repair_filter=a.repair_filter, repair_carriers=a.repair_carriers, repair_from=a.repair_from,
                      repair_filter_folds=a.filter_folds, repair_filter_passes=a.filter_passes,
-                     repair_teacher=a.repair_teacher,
+                     repair_filter_judge=a.filter_judge, repair_teacher=a.repair_teacher,
                      repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
                      threshold=a.threshold, padding=a.padding, change_from=a.change_from,
                      victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
@@ -144,9 +144,16 @@ def register(sub, add_common, add_attack, add_training, epilog):
                    help="without --clean-data: drop = leave every row with a flagged token out of the repair; "
                         "readmit = put back those whose label the unlearned model predicts once the flagged tokens "
                         "are deleted from them")
+    g.add_argument("--repair-from", choices=list(REPAIR_FROM), default="unlearned",
+                   help="unlearned = repair the unlearned victim (BTU); pretrained = train a fresh copy of the "
+                        "pretrained model on the repair set with the victim's --epochs and --lr (the flagged rows and "
+                        "the filter as a data sanitizer, for backdoors outside the embeddings)")
     g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter crossfit: folds (2)")
     g.add_argument("--filter-passes", type=int, default=1,
                    help="with --repair-filter crossfit: filter again on what the last pass kept (1)")
+    g.add_argument("--filter-judge", choices=list(REPAIR_JUDGES), default="unlearned",
+                   help="with --repair-filter crossfit: who judges a fold: the unlearned model repaired on the other "
+                        "folds, a fresh model trained on them (victim's --epochs and --lr), or both (each must agree)")
     g.add_argument("--repair-teacher", choices=["none", "victim"], default="none",
                    help="victim = the repair also distils the victim's logits on the repair rows (soft labels)")
     g.add_argument("--distill-weight", type=float, default=0.5,

@@ -19,6 +19,8 @@ PADDINGS = ("pretrained", "victim", "zero")
 CHANGE_FROM = ("victim", "round1")
 REPAIR_FILTERS = ("none", "agree", "repaired", "crossfit")
 REPAIR_CARRIERS = ("drop", "readmit")
+REPAIR_FROM = ("unlearned", "pretrained")
+REPAIR_JUDGES = ("unlearned", "pretrained", "both")
 
 
 @dataclass
@@ -67,6 +69,14 @@ class BTUConfig:
     repair_filter: str = "none"
     repair_filter_folds: int = 2
     repair_filter_passes: int = 1
+    # crossfit's judges: the unlearned victim repaired on the other folds (blind where the victim's backdoor outlives
+    # unlearning: syntax), a fresh model trained on them like the victim (blind where the poison left in the
+    # folds teaches it: style), or both (a row stays only if each agrees)
+    repair_filter_judge: str = "unlearned"
+    # unlearned: repair the unlearned victim (BTU). pretrained: train a fresh copy of the pretrained model on the
+    # repair set, like the victim (victim_epochs, lr): detection and the filters as a data sanitizer, for
+    # backdoors the victim keeps outside its embeddings (paraphrase triggers)
+    repair_from: str = "unlearned"
     repair_teacher: str = "none"  # victim: distil the victim's logits on the repair rows (they carry no trigger)
     repair_distill_weight: float = 0.5
     repair_distill_temperature: float = 2.0
@@ -84,6 +94,7 @@ class BTUConfig:
         if not 0 < self.alpha <= 100:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
         for name, allowed in (("repair_filter", REPAIR_FILTERS), ("repair_carriers", REPAIR_CARRIERS),
+                              ("repair_from", REPAIR_FROM), ("repair_filter_judge", REPAIR_JUDGES),
                               ("repair_teacher", ("none", "victim")),
                               ("repair_trainable", ("all", "embeddings")),
                               ("score", SCORES), ("unlearn", UNLEARN_METHODS),

@@ -19,6 +19,10 @@ from .config import BTUConfig
 from .detection import DetectionResult, detect
 from .unlearning import unlearn_rows
 
+JUDGES = {"unlearned": "the unlearned model repaired on the other folds",
+          "pretrained": "a fresh model trained on the other folds",
+          "both": "the unlearned model repaired and a fresh model trained on the other folds, each"}
+
 
 @dataclass
 class BTUResult:
@@ -172,6 +176,8 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     else:
         vmodel = victim if not isinstance(victim, str) else load_classifier(victim, allow_pickle=allow_pickle)[0]
         timings["victim_training"] = 0.0
+    # untouched (the victim trained on a copy): kept for fresh training, of the defended model or of judges
+    fresh = base if cfg.repair_from == "pretrained" or cfg.repair_filter_judge != "unlearned" else None
     del base
     rows = [{"model": "no defense", **measure(vmodel)}]
 
@@ -212,27 +218,43 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     teacher = None
     filtering = clean_data is None  # the user's clean data is never filtered
 
-    def repair(model, desc, rows=None):
+    def repair(model, desc, rows=None, like_victim=False):
         """A copy of `model` fine-tuned on the repair rows (all, or these positions in the repair set),
-        distilling `teacher` when there is one."""
+        distilling `teacher` when there is one; like_victim: trained like the victim (its epochs and lr) and
+        never distilling it, whose logits would teach a fresh model the victim's backdoor back."""
         rows = list(range(len(repair_ids))) if rows is None else rows
         out = copy.deepcopy(model)
+        config = tcfg(cfg.victim_epochs, cfg.lr, desc, 1) if like_victim else \
+            tcfg(cfg.repair_epochs, cfg.repair_lr, desc, 1, cfg.repair_embedding_lr, cfg.repair_trainable)
+        soft = teacher[rows] if teacher is not None and not like_victim else None
         train(out, tok, input_ids=[repair_ids[i] for i in rows], labels=[repair_ds.labels[i] for i in rows],
-              teacher_logits=teacher[rows] if teacher is not None else None,
-              config=tcfg(cfg.repair_epochs, cfg.repair_lr, desc, 1, cfg.repair_embedding_lr, cfg.repair_trainable))
+              teacher_logits=soft, config=config)
         return out
 
+    def final_repair(desc):
+        """The defended model: the unlearned victim repaired, or (repair_from=pretrained) a fresh model."""
+        if cfg.repair_from == "pretrained":
+            return repair(fresh, f"{desc}: fresh training", like_victim=True)
+        return repair(unlearned, desc)
+
     def out_of_fold_agreeing(desc) -> tuple[list[int], int]:
-        """The repair rows whose label a model repaired *without them* predicts: each of k folds is judged by
-        the unlearned model repaired on the other folds, so a poisoned row cannot vouch for itself."""
+        """The repair rows whose label a model trained *without them* predicts: each of k folds is judged by
+        the unlearned model repaired on the other folds and/or a fresh model trained on them (repair_filter_judge;
+        both: each must agree), so a poisoned row cannot vouch for itself."""
         perm = torch.randperm(len(repair_ids), generator=torch.Generator().manual_seed(cfg.seed + 7)).tolist()
         k = cfg.repair_filter_folds
         folds = [sorted(perm[f::k]) for f in range(k)]
         kept = []
         for f, fold in enumerate(folds):
             rest = sorted(i for g, other in enumerate(folds) if g != f for i in other)
-            judge = repair(unlearned, f"{desc}, fold {f + 1}/{k}", rest)
-            kept += _agreeing(judge, tok, repair_ids, repair_ds.labels, fold, cfg.precision)[0]
+            ok = set(fold)
+            if cfg.repair_filter_judge in ("unlearned", "both"):
+                judge = repair(unlearned, f"{desc}, fold {f + 1}/{k}", rest)
+                ok &= set(_agreeing(judge, tok, repair_ids, repair_ds.labels, fold, cfg.precision)[0])
+            if cfg.repair_filter_judge in ("pretrained", "both"):
+                judge = repair(fresh, f"{desc}, fold {f + 1}/{k}, fresh judge", rest, like_victim=True)
+                ok &= set(_agreeing(judge, tok, repair_ids, repair_ds.labels, fold, cfg.precision)[0])
+            kept += ok
         return sorted(kept), len(repair_ids) - len(kept)
 
     def restrict(kept):
@@ -252,25 +274,30 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     if cfg.repair_teacher == "victim" and cfg.repair_epochs > 0 and len(repair_ds):
         # the victim is accurate on rows without its trigger; its soft labels carry more than the hard ones
         teacher = predict_logits(vmodel, tok, input_ids=repair_ids, precision=cfg.precision)
-        repair_source += ", distilling the victim's logits"
+        repair_source += ", distilling the victim's logits" + \
+            (" in the repairs of the unlearned model (never in fresh training)" if fresh is not None else "")
     if filtering and cfg.repair_filter == "crossfit" and cfg.repair_epochs > 0 and len(repair_ds) > 1:
         # dirty-label poison without a flagged token (a paraphrase trigger) is labelled against its content;
         # judged out of fold, before the repair can relearn it from those same rows
         for n in range(cfg.repair_filter_passes):
             kept, dropped = out_of_fold_agreeing(f"repair filter pass {n + 1}")
-            repair_source += f"{',' if n else ' and'} {dropped} rows whose label a model repaired without them " \
-                             f"disputes (pass {n + 1} of {cfg.repair_filter_passes}, {cfg.repair_filter_folds} folds)"
+            repair_source += f"{',' if n else ' and'} {dropped} rows whose label a model trained without them " \
+                             f"disputes (pass {n + 1} of {cfg.repair_filter_passes}, {cfg.repair_filter_folds} " \
+                             f"folds, judged by {JUDGES[cfg.repair_filter_judge]})"
             restrict(kept)
-    if cfg.repair_epochs > 0 and len(repair_ds):
-        defended = repair(unlearned, "BTU repair")
-        if filtering and cfg.repair_filter == "repaired":
-            # the repaired model no longer has the backdoor (it can judge rows the unlearned model, still
-            # damaged, cannot): drop the rows it disputes and repair the unlearned model again
-            kept, dropped = _agreeing(defended, tok, repair_ids, repair_ds.labels, range(len(repair_ids)),
-                                      cfg.precision)
-            repair_source += f" and {dropped} rows whose label the first repaired model disputes (repaired twice)"
-            restrict(kept)
-            defended = repair(unlearned, "BTU repair (filtered)")
+    if cfg.repair_epochs > 0 and len(repair_ds) and filtering and cfg.repair_filter == "repaired":
+        # the repaired model no longer has the backdoor (it can judge rows the unlearned model, still
+        # damaged, cannot): drop the rows it disputes and repair the unlearned model again
+        judge = repair(unlearned, "BTU repair")
+        kept, dropped = _agreeing(judge, tok, repair_ids, repair_ds.labels, range(len(repair_ids)), cfg.precision)
+        repair_source += f" and {dropped} rows whose label the first repaired model disputes (repaired twice)"
+        restrict(kept)
+        defended = final_repair("BTU repair (filtered)")
+    elif len(repair_ds) and (cfg.repair_epochs > 0 or cfg.repair_from == "pretrained"):
+        defended = final_repair("BTU repair")
+    if cfg.repair_from == "pretrained":
+        repair_source += f"; a fresh copy of the pretrained model trained on it ({cfg.victim_epochs:g} epochs, " \
+                         f"lr {cfg.lr:g}) instead of repairing the unlearned victim"
     timings["repair"] = time.perf_counter() - start
     rows.append({"model": "BTU (unlearning + repair)", **measure(defended)})
     repair_only = None
@@ -287,7 +314,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         "unlearning": {k: v for k, v in info.items() if k not in ("replaced_dims", "tokens")}
         | {"skipped_frequent": [f["token"] for f in flagged if f["id"] not in token_ids]}
         | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}},
-        "repair": {"source": repair_source, "rows": len(repair_ds), "epochs": cfg.repair_epochs, "lr": cfg.repair_lr,
+        "repair": {"source": repair_source, "rows": len(repair_ds), "from": cfg.repair_from,
+                   "epochs": cfg.victim_epochs if cfg.repair_from == "pretrained" else cfg.repair_epochs,
+                   "lr": cfg.lr if cfg.repair_from == "pretrained" else cfg.repair_lr,
                    "readmitted_carriers": readmitted,
                    # with ground truth: the poisoned rows the repair set still holds
                    "poisoned_rows": sum(1 for i in keep if dataset.poisoned[i])
