@@ -77,6 +77,15 @@ ABLATIONS = {
     "fresh-oracle": [("repair=oracle, from pretrained", {"clean_data": "oracle", "repair_from": "pretrained"})],
 }
 ABLATIONS["fresh-plain"] = ABLATIONS["fresh"][:1]
+ABLATIONS["fresh-crossfit"] = ABLATIONS["fresh"][1:2]
+ABLATIONS["fresh-agree"] = ABLATIONS["fresh"][2:]
+# crossfit's judges trained fresh (blind to syntax poison the unlearned victim still carries), or both kinds
+ABLATIONS["judges"] = [
+    ("repair-from=pretrained, crossfit, fresh judges",
+     {"repair_from": "pretrained", "repair_filter": "crossfit", "repair_filter_judge": "pretrained"}),
+    ("repair-from=pretrained, crossfit, both judges",
+     {"repair_from": "pretrained", "repair_filter": "crossfit", "repair_filter_judge": "both"}),
+    ("repair-filter=crossfit, both judges", {"repair_filter": "crossfit", "repair_filter_judge": "both"})]
 # the two repair changes that gained CACC on seed 0 (addsent, stylebkd, synbkd), to run over seeds
 ABLATIONS |= {
     "repairfix": [ABLATIONS["embedlr"][0], ABLATIONS["filter"][1]],
