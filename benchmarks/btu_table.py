@@ -79,6 +79,9 @@ ABLATIONS = {
 ABLATIONS["fresh-plain"] = ABLATIONS["fresh"][:1]
 ABLATIONS["fresh-crossfit"] = ABLATIONS["fresh"][1:2]
 ABLATIONS["fresh-agree"] = ABLATIONS["fresh"][2:]
+# with --victim-lr 1e-4: the fresh model trained at 2e-5 (cfg.lr only trains the fresh model when the victim is given)
+ABLATIONS["fresh-agree-lr2e-5"] = [("repair-from=pretrained at lr 2e-5, agree",
+                                    {"repair_from": "pretrained", "repair_filter": "agree", "lr": 2e-5})]
 # crossfit's judges trained fresh (blind to syntax poison the unlearned victim still carries), or both kinds
 ABLATIONS["judges"] = [
     ("repair-from=pretrained, crossfit, fresh judges",

@@ -287,7 +287,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
             restrict(kept)
     if cfg.repair_epochs > 0 and len(repair_ds) and filtering and cfg.repair_filter == "repaired":
         # the repaired model no longer has the backdoor (it can judge rows the unlearned model, still
-        # damaged, cannot): drop the rows it disputes and repair the unlearned model again
+        # damaged, cannot): drop the rows it disputes and repair again (or train fresh) on the rest
         judge = repair(unlearned, "BTU repair")
         kept, dropped = _agreeing(judge, tok, repair_ids, repair_ds.labels, range(len(repair_ids)), cfg.precision)
         repair_source += f" and {dropped} rows whose label the first repaired model disputes (repaired twice)"
