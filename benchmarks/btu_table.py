@@ -84,6 +84,9 @@ ABLATIONS["fresh-agree-lr2e-5"] = [("repair-from=pretrained at lr 2e-5, agree",
                                     {"repair_from": "pretrained", "repair_filter": "agree", "lr": 2e-5})]
 # on the lr 2e-5 victims: the fresh model trained at 1e-4 (a better learner: the clean model gains 1.1 CACC)
 ABLATIONS["fresh-lr1e-4"] = [("repair-from=pretrained at lr 1e-4", {"repair_from": "pretrained", "lr": 1e-4})]
+# the relative score flags fewer sentiment words: a larger repair set for the fresh model
+ABLATIONS["fresh-lr1e-4-relative"] = [("repair-from=pretrained at lr 1e-4, score=relative",
+                                       {"repair_from": "pretrained", "lr": 1e-4, "score": "relative"})]
 # crossfit's judges trained fresh (blind to syntax poison the unlearned victim still carries), or both kinds
 ABLATIONS["judges"] = [
     ("repair-from=pretrained, crossfit, fresh judges",
