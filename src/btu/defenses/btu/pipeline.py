@@ -176,8 +176,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     else:
         vmodel = victim if not isinstance(victim, str) else load_classifier(victim, allow_pickle=allow_pickle)[0]
         timings["victim_training"] = 0.0
+    from_scratch = cfg.repair_from == "pretrained"  # the defended model is trained fresh on the repair set
     # untouched (the victim trained on a copy): kept for fresh training, of the defended model or of judges
-    fresh = base if cfg.repair_from == "pretrained" or cfg.repair_filter_judge != "unlearned" else None
+    fresh = base if from_scratch or cfg.repair_filter_judge != "unlearned" else None
     del base
     rows = [{"model": "no defense", **measure(vmodel)}]
 
@@ -233,7 +234,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
 
     def final_repair(desc):
         """The defended model: the unlearned victim repaired, or (repair_from=pretrained) a fresh model."""
-        if cfg.repair_from == "pretrained":
+        if from_scratch:
             return repair(fresh, f"{desc}: fresh training", like_victim=True)
         return repair(unlearned, desc)
 
@@ -244,15 +245,15 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         perm = torch.randperm(len(repair_ids), generator=torch.Generator().manual_seed(cfg.seed + 7)).tolist()
         k = cfg.repair_filter_folds
         folds = [sorted(perm[f::k]) for f in range(k)]
+        # (start from, train like the victim, progress label) of each judge that repair_filter_judge names
+        kinds = {"unlearned": (unlearned, False, ""), "pretrained": (fresh, True, ", fresh judge")}
+        judges = [j for name, j in kinds.items() if cfg.repair_filter_judge in (name, "both")]
         kept = []
         for f, fold in enumerate(folds):
             rest = sorted(i for g, other in enumerate(folds) if g != f for i in other)
             ok = set(fold)
-            if cfg.repair_filter_judge in ("unlearned", "both"):
-                judge = repair(unlearned, f"{desc}, fold {f + 1}/{k}", rest)
-                ok &= set(_agreeing(judge, tok, repair_ids, repair_ds.labels, fold, cfg.precision)[0])
-            if cfg.repair_filter_judge in ("pretrained", "both"):
-                judge = repair(fresh, f"{desc}, fold {f + 1}/{k}, fresh judge", rest, like_victim=True)
+            for start, like_victim, what in judges:
+                judge = repair(start, f"{desc}, fold {f + 1}/{k}{what}", rest, like_victim=like_victim)
                 ok &= set(_agreeing(judge, tok, repair_ids, repair_ds.labels, fold, cfg.precision)[0])
             kept += ok
         return sorted(kept), len(repair_ids) - len(kept)
@@ -293,9 +294,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_source += f" and {dropped} rows whose label the first repaired model disputes (repaired twice)"
         restrict(kept)
         defended = final_repair("BTU repair (filtered)")
-    elif len(repair_ds) and (cfg.repair_epochs > 0 or cfg.repair_from == "pretrained"):
+    elif len(repair_ds) and (cfg.repair_epochs > 0 or from_scratch):
         defended = final_repair("BTU repair")
-    if cfg.repair_from == "pretrained":
+    if from_scratch:
         repair_source += f"; a fresh copy of the pretrained model trained on it ({cfg.victim_epochs:g} epochs, " \
                          f"lr {cfg.lr:g}) instead of repairing the unlearned victim"
     timings["repair"] = time.perf_counter() - start
@@ -315,8 +316,8 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         | {"skipped_frequent": [f["token"] for f in flagged if f["id"] not in token_ids]}
         | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}},
         "repair": {"source": repair_source, "rows": len(repair_ds), "from": cfg.repair_from,
-                   "epochs": cfg.victim_epochs if cfg.repair_from == "pretrained" else cfg.repair_epochs,
-                   "lr": cfg.lr if cfg.repair_from == "pretrained" else cfg.repair_lr,
+                   "epochs": cfg.victim_epochs if from_scratch else cfg.repair_epochs,
+                   "lr": cfg.lr if from_scratch else cfg.repair_lr,
                    "readmitted_carriers": readmitted,
                    # with ground truth: the poisoned rows the repair set still holds
                    "poisoned_rows": sum(1 for i in keep if dataset.poisoned[i])
