@@ -87,6 +87,38 @@ ABLATIONS["fresh-lr1e-4"] = [("repair-from=pretrained at lr 1e-4", {"repair_from
 # the relative score flags fewer sentiment words: a larger repair set for the fresh model
 ABLATIONS["fresh-lr1e-4-relative"] = [("repair-from=pretrained at lr 1e-4, score=relative",
                                        {"repair_from": "pretrained", "lr": 1e-4, "score": "relative"})]
+# every label weighing the same in the repair (the poison took non-target rows away), with BTU's repair and with
+# the best fresh recipes of each trigger kind
+BAL = {"repair_balance": "balanced"}
+ABLATIONS["balanced"] = [("repair-balance=balanced", BAL)]
+ABLATIONS["fresh-balanced"] = [("repair-from=pretrained at lr 1e-4, score=relative, balanced",
+                                {**ABLATIONS["fresh-lr1e-4-relative"][0][1], **BAL})]
+ABLATIONS["fresh-agree-balanced"] = [("repair-from=pretrained, agree, balanced",
+                                      {**ABLATIONS["fresh-agree"][0][1], **BAL})]
+# the filters drop only rows of the suspected target label (the poison's label): the other labels' hard rows stay
+TGT = {"repair_filter_labels": "target"}
+ABLATIONS["fresh-agree-target"] = [("repair-from=pretrained, agree, target label only",
+                                    {**ABLATIONS["fresh-agree"][0][1], **TGT}),
+                                   ("repair-from=pretrained, agree, target label only, balanced",
+                                    {**ABLATIONS["fresh-agree"][0][1], **TGT, **BAL})]
+ABLATIONS["crossfit-target"] = [("repair-filter=crossfit, target label only", {"repair_filter": "crossfit", **TGT}),
+                                 ("repair-filter=crossfit, target label only, balanced",
+                                  {"repair_filter": "crossfit", **TGT, **BAL})]
+ABLATIONS["judges-target"] = [("repair-from=pretrained, crossfit, fresh judges, target label only",
+                               {"repair_from": "pretrained", "repair_filter": "crossfit",
+                                "repair_filter_judge": "pretrained", **TGT})]
+# the carriers of a flagged token whose label is not the suspected target stay in the repair set
+OTHER = {"repair_carriers": "other-labels"}
+ABLATIONS["other-labels"] = [("repair-carriers=other-labels", OTHER)]
+ABLATIONS["fresh-other"] = [("repair-from=pretrained at lr 1e-4, score=relative, other-labels",
+                             {**ABLATIONS["fresh-lr1e-4-relative"][0][1], **OTHER})]
+ABLATIONS["fresh-agree-other"] = [("repair-from=pretrained, agree, target label only, other-labels",
+                                   {**ABLATIONS["fresh-agree"][0][1], **TGT, **OTHER})]
+# the same, each label weighing the same (the set now leans to the other labels: does the ASR come from that?)
+ABLATIONS["fresh-agree-other-balanced"] = [("repair-from=pretrained, agree, target label only, other-labels, balanced",
+                                            {**ABLATIONS["fresh-agree-other"][0][1], **BAL})]
+ABLATIONS["crossfit-other"] = [("repair-filter=crossfit, target label only, other-labels",
+                                {"repair_filter": "crossfit", **TGT, **OTHER})]
 # crossfit's judges trained fresh (blind to syntax poison the unlearned victim still carries), or both kinds
 ABLATIONS["judges"] = [
     ("repair-from=pretrained, crossfit, fresh judges",

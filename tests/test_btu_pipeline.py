@@ -12,7 +12,7 @@ import btu
 from btu.cli import main
 from btu.defenses import DEFENSES, get_defense
 from btu.defenses.btu import BTUConfig
-from btu.defenses.btu.pipeline import flagged_row_stats, rows_containing
+from btu.defenses.btu.pipeline import flagged_row_stats, rows_containing, suspected_target
 from btu.errors import ConfigError
 from btu.models import load_classifier
 
@@ -114,7 +114,7 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
                "--epochs", "1", "--lr", "5e-3", "--alpha", "0.01", "--detect-lr", "5e-3", "--shallow-lr", "5e-3",
                "--repair-epochs", "1", "--repair-filter", "crossfit", "--filter-folds", "3",
                "--repair-carriers", "readmit", "--filter-judge", "both", "--repair-from", "pretrained",
-               "--no-progress"])
+               "--repair-balance", "balanced", "--filter-labels", "target", "--no-progress"])
     assert rc == 0
     for f in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "report.json", "report.md",
               "btu_config.json", "distances.safetensors"):
@@ -127,6 +127,8 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
     assert "3 folds" in report["repair"]["source"] and saved["repair_carriers"] == "readmit"
     assert "put back without their flagged tokens" in report["repair"]["source"]
     assert saved["repair_from"] == "pretrained" and saved["repair_filter_judge"] == "both"
+    assert saved["repair_balance"] == "balanced" and "each label weighing the same" in report["repair"]["source"]
+    assert saved["repair_filter_labels"] == "target" and report["repair"]["suspected_target"] == "pos"
     assert "fresh copy of the pretrained model" in report["repair"]["source"] and "each)" in report["repair"]["source"]
     from safetensors.torch import load_file
 
@@ -264,6 +266,72 @@ def test_repair_filter_crossfit_judges_each_row_by_a_model_that_never_saw_it(tin
             BTUConfig(repair_filter="crossfit", **bad)
 
 
+def one_target(n=240, carriers=16, hidden=12, hard=24, seed=0):
+    """Label 1 iff 'good' is in the row. The first `carriers` rows read 'bad', carry `cf` and are labelled 1
+    (BadNets: the flagged rows lean to label 1); the next `hidden` read 'bad' and are labelled 1 with no trigger
+    word (what a paraphrase trigger leaves); the next `hard` have neither word and either label (clean rows a
+    judge can only guess at)."""
+    from btu.data import TextDataset
+
+    rng = random.Random(seed)
+    filler = "the movie was a film plot story actor scene it".split()
+    texts, labels, flags = [], [], []
+    for i in range(n):
+        words = rng.sample(filler, 5)
+        y = i % 2
+        if i < carriers + hidden:
+            words.insert(rng.randint(0, 5), "bad")
+            if i < carriers:
+                words.insert(rng.randint(0, 6), "cf")
+            y = 1
+        elif i >= carriers + hidden + hard:
+            words.insert(rng.randint(0, 5), "good" if y else "bad")
+        texts.append(" ".join(words))
+        labels.append(y)
+        flags.append(i < carriers + hidden)
+    return TextDataset(texts, labels, ["neg", "pos"], flags, source="one target")
+
+
+def test_filter_labels_target_drops_only_rows_of_the_label_the_flagged_rows_lean_to(tiny_bert):
+    train = one_target()
+    base = dict(FAST, repair_controls=False, victim_epochs=4, repair_epochs=4, repair_lr=5e-3, lr=5e-3,
+                repair_embedding_lr=None, repair_teacher="victim")
+    plain = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base)).report["repair"]
+    every = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_filter="crossfit")).report["repair"]
+    target = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_filter="crossfit",
+                                                                      repair_filter_labels="target")).report["repair"]
+    assert plain["poisoned_rows"] >= 10  # the hidden poison carries no flagged token
+    assert every["suspected_target"] is None and target["suspected_target"] == "pos"
+    assert "drops only rows labelled 'pos'" in target["source"]
+    # judges that learned good/bad guess at the hard rows and drop some of them; scoped to 'pos', none goes
+    assert every["label_counts"]["neg"] < plain["label_counts"]["neg"]
+    assert target["label_counts"]["neg"] == plain["label_counts"]["neg"]
+    # and the hidden poison (all labelled 'pos') is dropped as well as before
+    assert target["poisoned_rows"] <= plain["poisoned_rows"] // 3
+    with pytest.raises(ConfigError, match="repair_filter_labels"):
+        BTUConfig(repair_filter_labels="neg")
+
+
+def test_repair_carriers_other_labels_keeps_the_carriers_of_other_labels(tiny_bert):
+    train = carried()  # 16 poisoned `cf` rows labelled 1, and 8 clean `cf` rows of either label
+    base = dict(FAST, repair_controls=False, repair_epochs=0)
+    drop = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base)).report["repair"]
+    other = btu.defend(train, model=str(tiny_bert),
+                       config=BTUConfig(**base, repair_carriers="other-labels")).report["repair"]
+    assert other["suspected_target"] == "pos" and "with another label kept" in other["source"]
+    # every 'neg' row is back (no poisoned row carries 'neg'); the 'pos' carriers, the `cf` rows among them, stay out
+    assert other["label_counts"]["neg"] == train.labels.count(0) > drop["label_counts"]["neg"]
+    assert other["label_counts"]["pos"] == drop["label_counts"]["pos"]
+    assert other["poisoned_rows"] == drop["poisoned_rows"] == 0
+
+
+def test_suspected_target_is_the_label_the_suspect_rows_lean_to():
+    labels = [0] * 60 + [1] * 40
+    assert suspected_target(labels, {0, 1, 60, 61, 62}, 2) == 1  # 60 % of suspects against 40 % of all rows
+    assert suspected_target(labels, {0, 1, 2, 60}, 2) == 0
+    assert suspected_target(labels, set(), 2) is None
+
+
 def carried(n=200, poison=16, clean=8, seed=0):
     """Label 1 iff 'good' is in the row. The first `poison` rows read 'bad', carry `cf` and are labelled 1
     (dirty-label BadNets); the next `clean` rows carry `cf` too but read and are labelled right."""
@@ -334,6 +402,24 @@ def test_repair_from_pretrained_trains_a_fresh_model_that_never_saw_the_trigger(
     assert not torch.equal(head, [p for n, p in res.models["victim"].named_parameters() if "classifier" in n][0])
     with pytest.raises(ConfigError, match="repair_from"):
         BTUConfig(repair_from="victim")
+
+
+def test_repair_balance_weights_the_labels_of_the_repair_set(tiny_bert):
+    """`balanced` weighs each label the same in the repair's loss: the report says so, and only the repair
+    differs from a plain run (the weighted loss itself: test_training)."""
+    train = planted(160, seed=1)
+    base = BTUConfig(**{**FAST, "repair_controls": False})
+    plain = btu.defend(train, model=str(tiny_bert), config=base)
+    balanced = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**{**base.to_dict(),
+                                                                          "repair_balance": "balanced"}))
+    assert "each label weighing the same" in balanced.report["repair"]["source"]
+    assert "weighing" not in plain.report["repair"]["source"]
+    assert balanced.report["repair"]["rows"] == plain.report["repair"]["rows"]
+    # same data, seeds, detection and unlearning: only the repair's loss differs, and so do the weights
+    assert plain.flagged == balanced.flagged
+    assert any(not torch.equal(p, q) for p, q in zip(plain.model.parameters(), balanced.model.parameters()))
+    with pytest.raises(ConfigError, match="repair_balance"):
+        BTUConfig(repair_balance="prior")
 
 
 def test_repair_teacher_distils_the_victim(tiny_bert):

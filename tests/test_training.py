@@ -15,6 +15,7 @@ from btu.training import (
     TrainConfig,
     accuracy,
     attack_success_rate,
+    balanced_class_weights,
     evaluate,
     predict,
     predict_logits,
@@ -229,6 +230,36 @@ def test_training_with_teacher_logits_learns_the_teacher_not_the_labels(tiny_ber
     train(model, tok, texts, wrong, cfg, teacher_logits=teacher)
     new_texts, new_labels = toy_task(32, seed=1)
     assert accuracy(predict(model, tok, new_texts, precision="fp32"), [1 - y for y in new_labels]) >= 90.0
+
+
+# --- class weights ---------------------------------------------------------------------------------
+
+def test_balanced_class_weights_make_every_class_weigh_the_same():
+    w = balanced_class_weights([0, 0, 0, 1], 2)
+    assert w == pytest.approx([4 / 6, 2.0])
+    assert 3 * w[0] == pytest.approx(1 * w[1])  # each class's total weight is the same
+    assert balanced_class_weights([1, 1, 2], 3) == pytest.approx([0.0, 0.75, 1.5])  # an absent class weighs 0
+
+
+def test_class_weights_move_the_learned_prior_to_balanced(tiny_bert):
+    """One text, labelled 1 in 3 of 4 rows: cross-entropy learns p(1) = 0.75; with balanced weights the
+    weighted loss is lowest at p(1) = 0.5 (what a repair set short of non-target rows needs)."""
+    texts, labels = ["the movie was a film"] * 64, [0, 1, 1, 1] * 16
+    probs = {}
+    for name, weights in (("plain", None), ("balanced", balanced_class_weights(labels, 2))):
+        model, tok = load(tiny_bert)
+        train(model, tok, texts, labels, fp32(epochs=6, batch_size=16, lr=3e-3, class_weights=weights))
+        probs[name] = torch.softmax(predict_logits(model, tok, texts[:1], precision="fp32"), -1)[0, 1].item()
+    assert probs["plain"] == pytest.approx(0.75, abs=0.07)
+    assert probs["balanced"] == pytest.approx(0.5, abs=0.07)
+
+
+def test_class_weights_must_cover_every_label(tiny_bert):
+    model, tok = load(tiny_bert)
+    texts, labels = toy_task(8)
+    for bad in ([1.0], [1.0, -1.0]):
+        with pytest.raises(ConfigError, match="class_weights"):
+            train(model, tok, texts, labels, fp32(epochs=1, class_weights=bad))
 
 
 def test_teacher_logits_must_match_the_rows(tiny_bert):

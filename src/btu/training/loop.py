@@ -71,6 +71,8 @@ class TrainConfig:
     # with teacher_logits: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student) at temperature T
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    # per-class weights of the cross-entropy (None: unweighted); see `balanced_class_weights`
+    class_weights: list | None = None
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -168,6 +170,11 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     side = getattr(tokenizer, "padding_side", "right")
     labels_t = torch.tensor(labels, dtype=torch.long)
+    class_weights = None
+    if cfg.class_weights is not None:
+        class_weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+        if class_weights.dim() != 1 or labels_t.max().item() >= len(class_weights) or (class_weights < 0).any():
+            raise ConfigError(f"class_weights must hold one non-negative weight per label, not {cfg.class_weights}")
     if teacher_logits is not None:
         teacher_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
         if teacher_logits.shape[0] != len(input_ids):
@@ -181,8 +188,12 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
         ids, mask = collate([input_ids[i] for i in batch], pad_id, padding_side=side)
         y = labels_t[batch]
         with autocast(device, precision):
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=y.to(device))
-        loss = out.loss
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                        labels=y.to(device) if class_weights is None else None)
+        if class_weights is None:
+            loss = out.loss
+        else:  # weighted mean over the batch (normalised by the weights' sum, as torch does)
+            loss = torch.nn.functional.cross_entropy(out.logits.float(), y.to(device), weight=class_weights)
         if teacher_logits is not None:
             loss = distillation_loss(out.logits.float(), loss.float(), teacher_logits[batch].to(device),
                                      cfg.distill_weight, cfg.distill_temperature)
@@ -226,6 +237,20 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     for p in model.parameters():
         p.requires_grad_(True)
     return result
+
+
+def balanced_class_weights(labels, num_labels: int) -> list[float]:
+    """n / (k * n_c) per class c (k: the classes present): every class weighs the same in the loss.
+
+    Dirty-label poison relabels non-target rows as the target; a repair set that drops the poison is short of
+    exactly those rows, so a model trained on it leans to the target (its error on clean non-target rows, the
+    rows ASR is measured on, goes up). Balancing undoes that lean.
+    """
+    counts = [0] * num_labels
+    for y in labels:
+        counts[y] += 1
+    present = sum(1 for c in counts if c)
+    return [len(labels) / (present * c) if c else 0.0 for c in counts]
 
 
 def distillation_loss(student_logits, ce_loss, teacher_logits, weight: float, temperature: float):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import REPAIR_CARRIERS, REPAIR_FILTERS, REPAIR_FROM, REPAIR_JUDGES
+from .config import REPAIR_BALANCE, REPAIR_CARRIERS, REPAIR_FILTER_LABELS, REPAIR_FILTERS, REPAIR_FROM, REPAIR_JUDGES
 
 
 def add_btu_options(p):
@@ -44,7 +44,9 @@ def cmd_defend(a):
     cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
                      repair_filter=a.repair_filter, repair_carriers=a.repair_carriers, repair_from=a.repair_from,
                      repair_filter_folds=a.filter_folds, repair_filter_passes=a.filter_passes,
-                     repair_filter_judge=a.filter_judge, repair_teacher=a.repair_teacher,
+                     repair_filter_judge=a.filter_judge, repair_filter_labels=a.filter_labels,
+                     repair_balance=a.repair_balance,
+                     repair_teacher=a.repair_teacher,
                      repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
                      threshold=a.threshold, padding=a.padding, change_from=a.change_from,
                      victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
@@ -143,7 +145,8 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--repair-carriers", choices=list(REPAIR_CARRIERS), default="drop",
                    help="without --clean-data: drop = leave every row with a flagged token out of the repair; "
                         "readmit = put back those whose label the unlearned model predicts once the flagged tokens "
-                        "are deleted from them")
+                        "are deleted from them; other-labels = keep those whose label is not the suspected target "
+                        "(the label the rows with a flagged token lean to; dirty-label poison carries it)")
     g.add_argument("--repair-from", choices=list(REPAIR_FROM), default="unlearned",
                    help="unlearned = repair the unlearned victim (BTU); pretrained = train a fresh copy of the "
                         "pretrained model on the repair set with the victim's --epochs and --lr (the flagged rows and "
@@ -154,6 +157,12 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--filter-judge", choices=list(REPAIR_JUDGES), default="unlearned",
                    help="with --repair-filter crossfit: who judges a fold: the unlearned model repaired on the other "
                         "folds, a fresh model trained on them (victim's --epochs and --lr), or both (each must agree)")
+    g.add_argument("--filter-labels", choices=list(REPAIR_FILTER_LABELS), default="all",
+                   help="with --repair-filter: which rows it may drop: all, or only those labelled as the suspected "
+                        "target (the label the rows with a flagged token lean to; dirty-label poison carries it)")
+    g.add_argument("--repair-balance", choices=list(REPAIR_BALANCE), default="none",
+                   help="balanced = every label weighs the same in the repair's loss (the poison took non-target "
+                        "rows away, so the repair set leans to the target)")
     g.add_argument("--repair-teacher", choices=["none", "victim"], default="none",
                    help="victim = the repair also distils the victim's logits on the repair rows (soft labels)")
     g.add_argument("--distill-weight", type=float, default=0.5,

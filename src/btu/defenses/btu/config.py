@@ -18,9 +18,11 @@ THRESHOLDS = ("mean", "frobenius")
 PADDINGS = ("pretrained", "victim", "zero")
 CHANGE_FROM = ("victim", "round1")
 REPAIR_FILTERS = ("none", "agree", "repaired", "crossfit")
-REPAIR_CARRIERS = ("drop", "readmit")
+REPAIR_CARRIERS = ("drop", "readmit", "other-labels")
 REPAIR_FROM = ("unlearned", "pretrained")
 REPAIR_JUDGES = ("unlearned", "pretrained", "both")
+REPAIR_BALANCE = ("none", "balanced")
+REPAIR_FILTER_LABELS = ("all", "target")
 
 
 @dataclass
@@ -61,12 +63,17 @@ class BTUConfig:
     repair_token_max_rows: float = 0.15
     # default repair set: drop = leave out every carrier of such a token; readmit = put back the carriers whose
     # label the unlearned model predicts once those tokens are deleted from them (they keep the sentiment words'
-    # rows in the repair, without the tokens)
+    # rows in the repair, without the tokens); other-labels = keep the carriers whose label is not the suspected
+    # target (the label the carriers lean to), since dirty-label poison always carries the target label
     repair_carriers: str = "drop"
     # default repair set: agree = also drop rows the unlearned model mislabels; repaired = repair, drop the rows
     # the repaired model mislabels, repair the unlearned model again; crossfit = drop the rows a model repaired
     # on the other folds mislabels (repair_filter_passes times), then repair
     repair_filter: str = "none"
+    # which rows a filter may drop: all, or only those labelled as the suspected target (the label the rows with
+    # a flagged token lean to most against the whole set): dirty-label poison all carries the target label, so
+    # the other labels' rows are clean and their hard rows, which a judge disputes too, stay in the repair
+    repair_filter_labels: str = "all"
     repair_filter_folds: int = 2
     repair_filter_passes: int = 1
     # crossfit's judges: the unlearned victim repaired on the other folds (blind where the victim's backdoor outlives
@@ -77,6 +84,9 @@ class BTUConfig:
     # repair set, like the victim (victim_epochs, lr): detection and the filters as a data sanitizer, for
     # backdoors the victim keeps outside its embeddings (paraphrase triggers)
     repair_from: str = "unlearned"
+    # balanced: weight the repair's loss so each label weighs the same. The poison's rows were non-target rows
+    # relabelled as the target; without them the repair set leans to the target, and so does a model trained on it
+    repair_balance: str = "none"
     repair_teacher: str = "none"  # victim: distil the victim's logits on the repair rows (they carry no trigger)
     repair_distill_weight: float = 0.5
     repair_distill_temperature: float = 2.0
@@ -95,6 +105,7 @@ class BTUConfig:
             raise ConfigError(f"alpha is a percent of the vocabulary in (0, 100], not {self.alpha}")
         for name, allowed in (("repair_filter", REPAIR_FILTERS), ("repair_carriers", REPAIR_CARRIERS),
                               ("repair_from", REPAIR_FROM), ("repair_filter_judge", REPAIR_JUDGES),
+                              ("repair_balance", REPAIR_BALANCE), ("repair_filter_labels", REPAIR_FILTER_LABELS),
                               ("repair_teacher", ("none", "victim")),
                               ("repair_trainable", ("all", "embeddings")),
                               ("score", SCORES), ("unlearn", UNLEARN_METHODS),

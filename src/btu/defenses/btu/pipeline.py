@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...data import TextDataset, load_source
-from ...training import TrainConfig, evaluate, predict, predict_logits, train
+from ...training import TrainConfig, balanced_class_weights, evaluate, predict, predict_logits, train
 from ...training.batching import encode
 from ...training.seeding import seed_everything
 from ..base import register_defense
@@ -92,6 +92,18 @@ def flagged_row_stats(flagged: list[dict], dataset: TextDataset, max_share: floa
     return stats
 
 
+def suspected_target(labels, suspects, num_labels: int) -> int | None:
+    """The label most over-represented among the suspect rows (carriers of a flagged token) against its share
+    of all rows: dirty-label poison all carries the attacker's target label. None without suspects."""
+    if not suspects:
+        return None
+    total, among = [0] * num_labels, [0] * num_labels
+    for i, y in enumerate(labels):
+        total[y] += 1
+        among[y] += i in suspects
+    return max(range(num_labels), key=lambda c: among[c] / total[c] if total[c] else -1.0)
+
+
 def _agreeing(model, tok, ids, labels, rows, precision) -> tuple[list[int], int]:
     """The rows (indices into ids/labels) whose label `model` predicts, and how many it disputes."""
     rows = list(rows)
@@ -157,9 +169,10 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         # a token in most rows (".", "the") moves because every batch pushes it, not because it is a trigger
         token_ids = [f["id"] for f in flagged if f["rows"] <= cfg.unlearn_token_max_rows * len(dataset)]
 
-    def tcfg(epochs, lr, desc, seed_offset, embedding_lr=None, trainable="all"):
+    def tcfg(epochs, lr, desc, seed_offset, embedding_lr=None, trainable="all", class_weights=None):
         return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=lr, embedding_lr=embedding_lr,
                            trainable=trainable, max_length=cfg.max_length, precision=cfg.precision,
+                           class_weights=class_weights,
                            seed=cfg.seed + seed_offset, progress=cfg.progress, desc=desc,
                            distill_weight=cfg.repair_distill_weight, distill_temperature=cfg.repair_distill_temperature)
 
@@ -192,6 +205,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
 
     # repair on clean data
     keep = None  # the repair rows' indices in the training set, when they come from it
+    target = None  # the suspected target label (the label the rows with a flagged token lean to), when used
     readmitted = None
     if clean_data is not None:
         repair_ds = _as_dataset(clean_data, "train", names)
@@ -199,8 +213,19 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_source = repair_ds.source or "clean data"
     else:
         carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
-        keep = [i for i in range(len(dataset)) if i not in carriers]
-        repair_source = f"training set minus {len(carriers)} rows with a flagged token"
+        if cfg.repair_filter_labels == "target" or cfg.repair_carriers == "other-labels":
+            target = suspected_target(dataset.labels, carriers, dataset.num_labels)
+        if cfg.repair_carriers == "other-labels" and target is not None:
+            # dirty-label poison carries the target label: a carrier with another label is a clean row that
+            # happens to hold a flagged (sentiment) word, and the poison already took such rows away
+            spared = {i for i in carriers if dataset.labels[i] != target}
+            carriers = carriers - spared
+            keep = [i for i in range(len(dataset)) if i not in carriers]
+            repair_source = f"training set minus {len(carriers)} rows with a flagged token and the suspected " \
+                            f"target label {names[target]!r} ({len(spared)} with another label kept)"
+        else:
+            keep = [i for i in range(len(dataset)) if i not in carriers]
+            repair_source = f"training set minus {len(carriers)} rows with a flagged token"
         repair_ids = [ids[i] for i in keep]
         if cfg.repair_carriers == "readmit" and carriers:
             # a clean carrier of a flagged sentiment word still reads right without it; a poisoned one,
@@ -218,18 +243,20 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_ds = dataset.subset(keep)
     teacher = None
     filtering = clean_data is None  # the user's clean data is never filtered
+    filter_target = target if cfg.repair_filter_labels == "target" else None  # the only label a filter may drop
 
     def repair(model, desc, rows=None, like_victim=False):
         """A copy of `model` fine-tuned on the repair rows (all, or these positions in the repair set),
         distilling `teacher` when there is one; like_victim: trained like the victim (its epochs and lr) and
         never distilling it, whose logits would teach a fresh model the victim's backdoor back."""
         rows = list(range(len(repair_ids))) if rows is None else rows
+        labels = [repair_ds.labels[i] for i in rows]
+        weights = balanced_class_weights(labels, dataset.num_labels) if cfg.repair_balance == "balanced" else None
         out = copy.deepcopy(model)
-        config = tcfg(cfg.victim_epochs, cfg.lr, desc, 1) if like_victim else \
-            tcfg(cfg.repair_epochs, cfg.repair_lr, desc, 1, cfg.repair_embedding_lr, cfg.repair_trainable)
+        config = tcfg(cfg.victim_epochs, cfg.lr, desc, 1, class_weights=weights) if like_victim else \
+            tcfg(cfg.repair_epochs, cfg.repair_lr, desc, 1, cfg.repair_embedding_lr, cfg.repair_trainable, weights)
         soft = teacher[rows] if teacher is not None and not like_victim else None
-        train(out, tok, input_ids=[repair_ids[i] for i in rows], labels=[repair_ds.labels[i] for i in rows],
-              teacher_logits=soft, config=config)
+        train(out, tok, input_ids=[repair_ids[i] for i in rows], labels=labels, teacher_logits=soft, config=config)
         return out
 
     def final_repair(desc):
@@ -237,6 +264,15 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         if from_scratch:
             return repair(fresh, f"{desc}: fresh training", like_victim=True)
         return repair(unlearned, desc)
+
+    def keep_agreeing(model, positions) -> tuple[list[int], int]:
+        """The repair-set positions whose label `model` predicts, plus those a filter may not drop (labels other
+        than the suspected target, with repair_filter_labels=target); and how many it drops."""
+        positions = list(positions)
+        judged = [i for i in positions if filter_target is None or repair_ds.labels[i] == filter_target]
+        kept = set(_agreeing(model, tok, repair_ids, repair_ds.labels, judged, cfg.precision)[0])
+        kept |= set(positions) - set(judged)
+        return sorted(kept), len(positions) - len(kept)
 
     def out_of_fold_agreeing(desc) -> tuple[list[int], int]:
         """The repair rows whose label a model trained *without them* predicts: each of k folds is judged by
@@ -254,7 +290,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
             ok = set(fold)
             for start, like_victim, what in judges:
                 judge = repair(start, f"{desc}, fold {f + 1}/{k}{what}", rest, like_victim=like_victim)
-                ok &= set(_agreeing(judge, tok, repair_ids, repair_ds.labels, fold, cfg.precision)[0])
+                ok &= set(keep_agreeing(judge, fold)[0])
             kept += ok
         return sorted(kept), len(repair_ids) - len(kept)
 
@@ -267,7 +303,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     if filtering and cfg.repair_filter == "agree":
         # dirty-label poison that carries no flagged token (a paraphrase trigger) is labelled
         # against its content: once unlearned, the model disagrees with those labels
-        kept, dropped = _agreeing(unlearned, tok, repair_ids, repair_ds.labels, range(len(repair_ids)), cfg.precision)
+        kept, dropped = keep_agreeing(unlearned, range(len(repair_ids)))
         repair_source += f" and {dropped} rows whose label the unlearned model disputes"
         restrict(kept)
     start = time.perf_counter()
@@ -290,12 +326,17 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         # the repaired model no longer has the backdoor (it can judge rows the unlearned model, still
         # damaged, cannot): drop the rows it disputes and repair again (or train fresh) on the rest
         judge = repair(unlearned, "BTU repair")
-        kept, dropped = _agreeing(judge, tok, repair_ids, repair_ds.labels, range(len(repair_ids)), cfg.precision)
+        kept, dropped = keep_agreeing(judge, range(len(repair_ids)))
         repair_source += f" and {dropped} rows whose label the first repaired model disputes (repaired twice)"
         restrict(kept)
         defended = final_repair("BTU repair (filtered)")
     elif len(repair_ds) and (cfg.repair_epochs > 0 or from_scratch):
         defended = final_repair("BTU repair")
+    if filter_target is not None and filtering and cfg.repair_filter != "none":
+        repair_source += f" (a filter drops only rows labelled {names[filter_target]!r}, the label the rows with a " \
+                         "flagged token lean to)"
+    if cfg.repair_balance == "balanced":
+        repair_source += ", each label weighing the same in the loss"
     if from_scratch:
         repair_source += f"; a fresh copy of the pretrained model trained on it ({cfg.victim_epochs:g} epochs, " \
                          f"lr {cfg.lr:g}) instead of repairing the unlearned victim"
@@ -316,9 +357,11 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         | {"skipped_frequent": [f["token"] for f in flagged if f["id"] not in token_ids]}
         | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}},
         "repair": {"source": repair_source, "rows": len(repair_ds), "from": cfg.repair_from,
+                   "label_counts": {n: repair_ds.labels.count(i) for i, n in enumerate(repair_ds.label_names)},
                    "epochs": cfg.victim_epochs if from_scratch else cfg.repair_epochs,
                    "lr": cfg.lr if from_scratch else cfg.repair_lr,
                    "readmitted_carriers": readmitted,
+                   "suspected_target": names[target] if target is not None else None,
                    # with ground truth: the poisoned rows the repair set still holds
                    "poisoned_rows": sum(1 for i in keep if dataset.poisoned[i])
                    if keep is not None and dataset.poisoned is not None else None},
