@@ -119,6 +119,14 @@ ABLATIONS["fresh-agree-other-balanced"] = [("repair-from=pretrained, agree, targ
                                             {**ABLATIONS["fresh-agree-other"][0][1], **BAL})]
 ABLATIONS["crossfit-other"] = [("repair-filter=crossfit, target label only, other-labels",
                                 {"repair_filter": "crossfit", **TGT, **OTHER})]
+ABLATIONS["fresh-crossfit-other"] = [("repair-from=pretrained, crossfit, target label only, other-labels",
+                                      {"repair_from": "pretrained", "repair_filter": "crossfit", **TGT, **OTHER})]
+ABLATIONS["fresh-crossfit-other-balanced"] = [
+    ("repair-from=pretrained, crossfit, target label only, other-labels, balanced",
+     {**ABLATIONS["fresh-crossfit-other"][0][1], **BAL})]
+ABLATIONS["fresh-crossfit-other-lr1e-4"] = [
+    ("repair-from=pretrained at lr 1e-4, crossfit, target label only, other-labels",
+     {**ABLATIONS["fresh-crossfit-other"][0][1], "lr": 1e-4})]
 # crossfit's judges trained fresh (blind to syntax poison the unlearned victim still carries), or both kinds
 ABLATIONS["judges"] = [
     ("repair-from=pretrained, crossfit, fresh judges",
