@@ -101,6 +101,7 @@ ABLATIONS["fresh-agree-target"] = [("repair-from=pretrained, agree, target label
                                     {**ABLATIONS["fresh-agree"][0][1], **TGT}),
                                    ("repair-from=pretrained, agree, target label only, balanced",
                                     {**ABLATIONS["fresh-agree"][0][1], **TGT, **BAL})]
+ABLATIONS["fresh-agree-target-only"] = ABLATIONS["fresh-agree-target"][:1]
 ABLATIONS["crossfit-target"] = [("repair-filter=crossfit, target label only", {"repair_filter": "crossfit", **TGT}),
                                  ("repair-filter=crossfit, target label only, balanced",
                                   {"repair_filter": "crossfit", **TGT, **BAL})]
