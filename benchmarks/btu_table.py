@@ -113,6 +113,9 @@ OTHER = {"repair_carriers": "other-labels"}
 ABLATIONS["other-labels"] = [("repair-carriers=other-labels", OTHER)]
 ABLATIONS["fresh-other"] = [("repair-from=pretrained at lr 1e-4, score=relative, other-labels",
                              {**ABLATIONS["fresh-lr1e-4-relative"][0][1], **OTHER})]
+ABLATIONS["fresh-other-stripped"] = [("repair-from=pretrained at lr 1e-4, score=relative, other-labels-stripped",
+                                      {**ABLATIONS["fresh-lr1e-4-relative"][0][1],
+                                       "repair_carriers": "other-labels-stripped"})]
 ABLATIONS["fresh-agree-other"] = [("repair-from=pretrained, agree, target label only, other-labels",
                                    {**ABLATIONS["fresh-agree"][0][1], **TGT, **OTHER})]
 # the same, each label weighing the same (the set now leans to the other labels: does the ASR come from that?)

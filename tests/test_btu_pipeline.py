@@ -325,6 +325,24 @@ def test_repair_carriers_other_labels_keeps_the_carriers_of_other_labels(tiny_be
     assert other["poisoned_rows"] == drop["poisoned_rows"] == 0
 
 
+def test_other_labels_stripped_keeps_those_rows_without_their_flagged_tokens(tiny_bert):
+    """The clean `cf` carriers labelled 'neg' come back: intact, a fresh model learns `cf` from them; stripped, it
+    never sees `cf`, so its row is the pretrained one moved by weight decay only."""
+    train = carried()
+    base = dict(FAST, repair_controls=False, repair_from="pretrained")
+    cf_rows = {}
+    for carriers in ("other-labels", "other-labels-stripped"):
+        res = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_carriers=carriers))
+        rep = res.report["repair"]
+        assert rep["label_counts"]["neg"] == train.labels.count(0) and rep["poisoned_rows"] == 0
+        cf = res.tokenizer.convert_tokens_to_ids("cf")
+        cf_rows[carriers] = res.model.get_input_embeddings().weight[cf].detach().clone()
+    assert "without their flagged tokens" in rep["source"]
+    pretrained = load_classifier(str(tiny_bert))[0].get_input_embeddings().weight[cf]
+    assert torch.allclose(cf_rows["other-labels-stripped"], pretrained, rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(cf_rows["other-labels"], pretrained, rtol=1e-3, atol=1e-5)
+
+
 def test_suspected_target_is_the_label_the_suspect_rows_lean_to():
     labels = [0] * 60 + [1] * 40
     assert suspected_target(labels, {0, 1, 60, 61, 62}, 2) == 1  # 60 % of suspects against 40 % of all rows

@@ -146,7 +146,8 @@ def register(sub, add_common, add_attack, add_training, epilog):
                    help="without --clean-data: drop = leave every row with a flagged token out of the repair; "
                         "readmit = put back those whose label the unlearned model predicts once the flagged tokens "
                         "are deleted from them; other-labels = keep those whose label is not the suspected target "
-                        "(the label the rows with a flagged token lean to; dirty-label poison carries it)")
+                        "(the label the rows with a flagged token lean to; dirty-label poison carries it); "
+                        "other-labels-stripped = those rows without their flagged tokens")
     g.add_argument("--repair-from", choices=list(REPAIR_FROM), default="unlearned",
                    help="unlearned = repair the unlearned victim (BTU); pretrained = train a fresh copy of the "
                         "pretrained model on the repair set with the victim's --epochs and --lr (the flagged rows and "

@@ -18,7 +18,7 @@ THRESHOLDS = ("mean", "frobenius")
 PADDINGS = ("pretrained", "victim", "zero")
 CHANGE_FROM = ("victim", "round1")
 REPAIR_FILTERS = ("none", "agree", "repaired", "crossfit")
-REPAIR_CARRIERS = ("drop", "readmit", "other-labels")
+REPAIR_CARRIERS = ("drop", "readmit", "other-labels", "other-labels-stripped")
 REPAIR_FROM = ("unlearned", "pretrained")
 REPAIR_JUDGES = ("unlearned", "pretrained", "both")
 REPAIR_BALANCE = ("none", "balanced")
@@ -64,7 +64,9 @@ class BTUConfig:
     # default repair set: drop = leave out every carrier of such a token; readmit = put back the carriers whose
     # label the unlearned model predicts once those tokens are deleted from them (they keep the sentiment words'
     # rows in the repair, without the tokens); other-labels = keep the carriers whose label is not the suspected
-    # target (the label the carriers lean to), since dirty-label poison always carries the target label
+    # target (the label the carriers lean to), since dirty-label poison always carries the target label;
+    # other-labels-stripped = the same rows without their flagged tokens (so the repair does not learn those tokens
+    # as the other labels' words)
     repair_carriers: str = "drop"
     # default repair set: agree = also drop rows the unlearned model mislabels; repaired = repair, drop the rows
     # the repaired model mislabels, repair the unlearned model again; crossfit = drop the rows a model repaired

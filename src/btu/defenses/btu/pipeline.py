@@ -213,9 +213,11 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_source = repair_ds.source or "clean data"
     else:
         carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
-        if cfg.repair_filter_labels == "target" or cfg.repair_carriers == "other-labels":
+        other_labels = cfg.repair_carriers.startswith("other-labels")
+        spared = set()
+        if cfg.repair_filter_labels == "target" or other_labels:
             target = suspected_target(dataset.labels, carriers, dataset.num_labels)
-        if cfg.repair_carriers == "other-labels" and target is not None:
+        if other_labels and target is not None:
             # dirty-label poison carries the target label: a carrier with another label is a clean row that
             # happens to hold a flagged (sentiment) word, and the poison already took such rows away
             spared = {i for i in carriers if dataset.labels[i] != target}
@@ -227,6 +229,10 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
             keep = [i for i in range(len(dataset)) if i not in carriers]
             repair_source = f"training set minus {len(carriers)} rows with a flagged token"
         repair_ids = [ids[i] for i in keep]
+        if cfg.repair_carriers == "other-labels-stripped" and spared:
+            rare = {f["id"] for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)}
+            repair_ids = [[t for t in ids[i] if t not in rare] if i in spared else ids[i] for i in keep]
+            repair_source += ", without their flagged tokens"
         if cfg.repair_carriers == "readmit" and carriers:
             # a clean carrier of a flagged sentiment word still reads right without it; a poisoned one,
             # once its trigger is gone, reads against its label: the unlearned model tells them apart
