@@ -214,20 +214,19 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     else:
         carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
         other_labels = cfg.repair_carriers.startswith("other-labels")
-        spared = set()
         if cfg.repair_filter_labels == "target" or other_labels:
             target = suspected_target(dataset.labels, carriers, dataset.num_labels)
+        spared = set()
         if other_labels and target is not None:
             # dirty-label poison carries the target label: a carrier with another label is a clean row that
             # happens to hold a flagged (sentiment) word, and the poison already took such rows away
             spared = {i for i in carriers if dataset.labels[i] != target}
             carriers = carriers - spared
-            keep = [i for i in range(len(dataset)) if i not in carriers]
-            repair_source = f"training set minus {len(carriers)} rows with a flagged token and the suspected " \
-                            f"target label {names[target]!r} ({len(spared)} with another label kept)"
-        else:
-            keep = [i for i in range(len(dataset)) if i not in carriers]
-            repair_source = f"training set minus {len(carriers)} rows with a flagged token"
+        keep = [i for i in range(len(dataset)) if i not in carriers]
+        repair_source = f"training set minus {len(carriers)} rows with a flagged token"
+        if other_labels and target is not None:
+            repair_source += f" and the suspected target label {names[target]!r} ({len(spared)} with another " \
+                             "label kept)"
         repair_ids = [ids[i] for i in keep]
         if cfg.repair_carriers == "other-labels-stripped" and spared:
             rare = {f["id"] for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)}
