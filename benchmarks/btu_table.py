@@ -131,6 +131,26 @@ ABLATIONS["fresh-crossfit-other-balanced"] = [
 ABLATIONS["fresh-crossfit-other-lr1e-4"] = [
     ("repair-from=pretrained at lr 1e-4, crossfit, target label only, other-labels",
      {**ABLATIONS["fresh-crossfit-other"][0][1], "lr": 1e-4})]
+# the other labels' carriers without their flagged tokens, on the paraphrase recipes: keeps the rows, drops the
+# token lessons (`when` → non-target, `wonderful` → non-target) that cost CACC on the token triggers
+STRIP = {"repair_carriers": "other-labels-stripped"}
+ABLATIONS["fresh-crossfit-stripped"] = [("repair-from=pretrained, crossfit, target label only, other-labels-stripped",
+                                         {"repair_from": "pretrained", "repair_filter": "crossfit", **TGT, **STRIP})]
+ABLATIONS["fresh-crossfit-stripped-lr1e-4"] = [
+    ("repair-from=pretrained at lr 1e-4, crossfit, target label only, other-labels-stripped",
+     {**ABLATIONS["fresh-crossfit-stripped"][0][1], "lr": 1e-4})]
+ABLATIONS["fresh-crossfit-stripped-balanced"] = [
+    ("repair-from=pretrained, crossfit, target label only, other-labels-stripped, balanced",
+     {**ABLATIONS["fresh-crossfit-stripped"][0][1], **BAL})]
+ABLATIONS["fresh-crossfit-stripped-lr1e-4-balanced"] = [
+    ("repair-from=pretrained at lr 1e-4, crossfit, target label only, other-labels-stripped, balanced",
+     {**ABLATIONS["fresh-crossfit-stripped"][0][1], "lr": 1e-4, **BAL})]
+ABLATIONS["fresh-crossfit-stripped-lr1e-4-both"] = [
+    ("repair-from=pretrained at lr 1e-4, crossfit, both judges, target label only, other-labels-stripped",
+     {**ABLATIONS["fresh-crossfit-stripped-lr1e-4"][0][1], "repair_filter_judge": "both"})]
+ABLATIONS["fresh-agree-stripped-balanced"] = [
+    ("repair-from=pretrained, agree, target label only, other-labels-stripped, balanced",
+     {**ABLATIONS["fresh-agree"][0][1], **TGT, **STRIP, **BAL})]
 # crossfit's judges trained fresh (blind to syntax poison the unlearned victim still carries), or both kinds
 ABLATIONS["judges"] = [
     ("repair-from=pretrained, crossfit, fresh judges",

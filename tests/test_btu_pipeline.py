@@ -46,6 +46,28 @@ def test_config_validation_and_round_trip(tmp_path):
     assert back == cfg and back.rounds == [1, 2]
 
 
+def test_recipes_set_their_options_and_given_options_win():
+    from btu.cli import build_parser
+    from btu.defenses.btu.cli import defend_config
+
+    retrain = BTUConfig.recipe("retrain", alpha=0.1)
+    assert (retrain.repair_from, retrain.repair_filter, retrain.repair_filter_labels, retrain.repair_carriers) == \
+        ("pretrained", "crossfit", "target", "other-labels-stripped") and retrain.alpha == 0.1
+    assert BTUConfig.recipe("unlearn") == BTUConfig()
+    with pytest.raises(ConfigError, match="recipe must be one of"):
+        BTUConfig.recipe("paper2")
+
+    def parsed(*extra):
+        return defend_config(build_parser().parse_args(["defend", "--train", "t.tsv", "--out", "o", *extra]))
+
+    assert parsed() == BTUConfig(progress=True)
+    assert parsed("--recipe", "retrain") == BTUConfig.recipe("retrain")
+    # an option given on the command line overrides the recipe's value; the others keep it
+    mixed = parsed("--recipe", "retrain", "--repair-filter", "agree", "--filter-labels", "all")
+    assert (mixed.repair_filter, mixed.repair_filter_labels, mixed.repair_from) == ("agree", "all", "pretrained")
+    assert parsed("--repair-from", "pretrained").repair_filter == "none"
+
+
 def test_rows_containing_and_row_stats():
     ids = [[1, 5, 2], [1, 6, 2], [1, 5, 6, 2]]
     assert rows_containing(ids, [5, 6]) == {5: [0, 2], 6: [1, 2]}
@@ -420,6 +442,23 @@ def test_repair_from_pretrained_trains_a_fresh_model_that_never_saw_the_trigger(
     assert not torch.equal(head, [p for n, p in res.models["victim"].named_parameters() if "classifier" in n][0])
     with pytest.raises(ConfigError, match="repair_from"):
         BTUConfig(repair_from="victim")
+
+
+def test_fresh_lr_trains_the_fresh_model_and_not_the_victim(tiny_bert):
+    train = planted(160, seed=1)
+    cfg = BTUConfig(**{**FAST, "repair_controls": False, "repair_from": "pretrained", "fresh_lr": 1e-9})
+    res = btu.defend(train, model=str(tiny_bert), config=cfg, keep_models=True)
+    assert res.report["repair"]["lr"] == 1e-9 and "lr 1e-09" in res.report["repair"]["source"]
+
+    def query(m):  # a weight of the pretrained checkpoint (the classifier head is initialised at random)
+        return [p for n, p in m.named_parameters() if "layer.0.attention.self.query.weight" in n][0]
+
+    pretrained = query(load_classifier(str(tiny_bert))[0])
+    # the victim trained at lr (5e-3) moved away from the pretrained weights; the fresh model, at 1e-9, did not
+    assert not torch.allclose(query(res.models["victim"]), pretrained, atol=1e-3)
+    assert torch.allclose(query(res.model), pretrained, atol=1e-6)
+    with pytest.raises(ConfigError, match="fresh_lr"):
+        BTUConfig(fresh_lr=0.0)
 
 
 def test_repair_balance_weights_the_labels_of_the_repair_set(tiny_bert):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import REPAIR_BALANCE, REPAIR_CARRIERS, REPAIR_FILTER_LABELS, REPAIR_FILTERS, REPAIR_FROM, REPAIR_JUDGES
+from .config import (
+    RECIPES,
+    REPAIR_BALANCE,
+    REPAIR_CARRIERS,
+    REPAIR_FILTER_LABELS,
+    REPAIR_FILTERS,
+    REPAIR_FROM,
+    REPAIR_JUDGES,
+)
 
 
 def add_btu_options(p):
@@ -31,7 +39,23 @@ def btu_config(a, **extra):
               shallow_masked_pooling=not a.unmasked_pooling, shallow_pad_to=a.shallow_pad_to, seed=a.seed,
               progress=not a.no_progress, max_length=a.max_length)
     kw.update(extra)
-    return BTUConfig(**kw)
+    # an option left out (None) takes the recipe's value, or the config's default
+    return BTUConfig.recipe(getattr(a, "recipe", "unlearn"), **{k: v for k, v in kw.items() if v is not None})
+
+
+def defend_config(a):
+    """`btu defend`'s BTUConfig: the --recipe, with the options given on top."""
+    return btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
+                     repair_filter=a.repair_filter, repair_carriers=a.repair_carriers, repair_from=a.repair_from,
+                     repair_filter_folds=a.filter_folds, repair_filter_passes=a.filter_passes,
+                     repair_filter_judge=a.filter_judge, repair_filter_labels=a.filter_labels,
+                     repair_balance=a.repair_balance, fresh_lr=a.fresh_lr,
+                     repair_teacher=a.repair_teacher,
+                     repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
+                     threshold=a.threshold, padding=a.padding, change_from=a.change_from,
+                     victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
+                     repair_lr=a.repair_lr, repair_embedding_lr=a.repair_embedding_lr,
+                     repair_controls=not a.no_controls, precision=a.precision)
 
 
 def cmd_defend(a):
@@ -41,23 +65,14 @@ def cmd_defend(a):
     from .pipeline import defend, save_distances
     from .report import flagged_table, result_table, write_report
 
-    cfg = btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
-                     repair_filter=a.repair_filter, repair_carriers=a.repair_carriers, repair_from=a.repair_from,
-                     repair_filter_folds=a.filter_folds, repair_filter_passes=a.filter_passes,
-                     repair_filter_judge=a.filter_judge, repair_filter_labels=a.filter_labels,
-                     repair_balance=a.repair_balance,
-                     repair_teacher=a.repair_teacher,
-                     repair_distill_weight=a.distill_weight, repair_distill_temperature=a.distill_temperature,
-                     threshold=a.threshold, padding=a.padding, change_from=a.change_from,
-                     victim_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, repair_epochs=a.repair_epochs,
-                     repair_lr=a.repair_lr, repair_embedding_lr=a.repair_embedding_lr,
-                     repair_controls=not a.no_controls, precision=a.precision)
+    cfg = defend_config(a)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
     res = defend(splits.train, a.model, clean_data=a.clean_data, test=splits.test, poison_test=splits.poison_test,
                  target=splits.target, config=cfg, victim=a.victim, allow_pickle=a.allow_pickle,
                  trust_remote_code=a.trust_remote_code)
     out = Path(a.out)
     res.report["attack"] = acfg or None
+    res.report["recipe"] = a.recipe
     save_model(res.model, res.tokenizer, out / "model")
     cfg.save(out / "btu_config.json")
     save_distances(res.detection, out / "distances.safetensors")
@@ -137,30 +152,41 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--change-from", default="victim", choices=["victim", "round1"])
     g.add_argument("--unlearn-max-rows", type=float, default=None,
                    help="do not unlearn flagged tokens found in more than this share of training rows (e.g. 0.15)")
-    g.add_argument("--repair-filter", choices=list(REPAIR_FILTERS), default="none",
-                   help="without --clean-data: agree = also drop rows whose label the unlearned model disputes; "
+    g.add_argument("--recipe", choices=list(RECIPES), default="unlearn",
+                   help="unlearn = the paper's BTU (repair the unlearned victim); retrain = BTU's detection as a data "
+                        "sanitizer: --repair-from pretrained --repair-filter crossfit --filter-labels target "
+                        "--repair-carriers other-labels-stripped --fresh-lr 1e-4 (options given here override the "
+                        "recipe's)")
+    g.add_argument("--repair-filter", choices=list(REPAIR_FILTERS),
+                   help="without --clean-data: none (default) = drop only the rows with a flagged token; agree = "
+                        "also drop rows whose label the unlearned model disputes; "
                         "repaired = repair, drop the rows whose label the repaired model disputes, repair again; "
                         "crossfit = drop the rows whose label a model repaired on the other folds disputes, then "
                         "repair (for paraphrase triggers, which carry no flagged token)")
-    g.add_argument("--repair-carriers", choices=list(REPAIR_CARRIERS), default="drop",
-                   help="without --clean-data: drop = leave every row with a flagged token out of the repair; "
+    g.add_argument("--repair-carriers", choices=list(REPAIR_CARRIERS),
+                   help="without --clean-data: drop (default) = leave every row with a flagged token out of the "
+                        "repair; "
                         "readmit = put back those whose label the unlearned model predicts once the flagged tokens "
                         "are deleted from them; other-labels = keep those whose label is not the suspected target "
                         "(the label the rows with a flagged token lean to; dirty-label poison carries it); "
                         "other-labels-stripped = those rows without their flagged tokens")
-    g.add_argument("--repair-from", choices=list(REPAIR_FROM), default="unlearned",
-                   help="unlearned = repair the unlearned victim (BTU); pretrained = train a fresh copy of the "
-                        "pretrained model on the repair set with the victim's --epochs and --lr (the flagged rows and "
-                        "the filter as a data sanitizer, for backdoors outside the embeddings)")
+    g.add_argument("--repair-from", choices=list(REPAIR_FROM),
+                   help="unlearned (default) = repair the unlearned victim (BTU); pretrained = train a fresh copy "
+                        "of the pretrained model on the repair set with the victim's --epochs and --lr (the flagged "
+                        "rows and the filter as a data sanitizer, for backdoors outside the embeddings)")
+    g.add_argument("--fresh-lr", type=float,
+                   help="the lr of fresh copies of the pretrained model (--repair-from pretrained, --filter-judge "
+                        "pretrained; default: --lr, the victim's)")
     g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter crossfit: folds (2)")
     g.add_argument("--filter-passes", type=int, default=1,
                    help="with --repair-filter crossfit: filter again on what the last pass kept (1)")
     g.add_argument("--filter-judge", choices=list(REPAIR_JUDGES), default="unlearned",
                    help="with --repair-filter crossfit: who judges a fold: the unlearned model repaired on the other "
                         "folds, a fresh model trained on them (victim's --epochs and --lr), or both (each must agree)")
-    g.add_argument("--filter-labels", choices=list(REPAIR_FILTER_LABELS), default="all",
-                   help="with --repair-filter: which rows it may drop: all, or only those labelled as the suspected "
-                        "target (the label the rows with a flagged token lean to; dirty-label poison carries it)")
+    g.add_argument("--filter-labels", choices=list(REPAIR_FILTER_LABELS),
+                   help="with --repair-filter: which rows it may drop: all (default), or only those labelled as the "
+                        "suspected target (the label the rows with a flagged token lean to; dirty-label poison "
+                        "carries it)")
     g.add_argument("--repair-balance", choices=list(REPAIR_BALANCE), default="none",
                    help="balanced = every label weighs the same in the repair's loss (the poison took non-target "
                         "rows away, so the repair set leans to the target)")

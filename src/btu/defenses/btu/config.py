@@ -23,6 +23,16 @@ REPAIR_FROM = ("unlearned", "pretrained")
 REPAIR_JUDGES = ("unlearned", "pretrained", "both")
 REPAIR_BALANCE = ("none", "balanced")
 REPAIR_FILTER_LABELS = ("all", "target")
+# named bundles of options (explicit options override them); benchmarks/README.md has what each measured
+RECIPES = {
+    # the paper's BTU: unlearn the flagged tokens' backdoor dimensions, repair the unlearned victim
+    "unlearn": {},
+    # BTU's detection and its unlearned model as a data sanitizer: drop the target-labelled rows with a flagged
+    # token and those out-of-fold judges dispute, keep the other labels' carriers without their flagged tokens,
+    # and train a fresh copy of the pretrained model on what is left (also removes backdoors outside the embeddings)
+    "retrain": {"repair_from": "pretrained", "repair_filter": "crossfit", "repair_filter_labels": "target",
+                "repair_carriers": "other-labels-stripped", "fresh_lr": 1e-4},
+}
 
 
 @dataclass
@@ -86,6 +96,9 @@ class BTUConfig:
     # repair set, like the victim (victim_epochs, lr): detection and the filters as a data sanitizer, for
     # backdoors the victim keeps outside its embeddings (paraphrase triggers)
     repair_from: str = "unlearned"
+    # the lr of the fresh copies of the pretrained model (repair_from / repair_filter_judge = pretrained; None: lr).
+    # MiniLM learns the repair set better at 1e-4 than at the victim's 2e-5 (benchmarks/README.md)
+    fresh_lr: float | None = None
     # balanced: weight the repair's loss so each label weighs the same. The poison's rows were non-target rows
     # relabelled as the target; without them the repair set leans to the target, and so does a model trained on it
     repair_balance: str = "none"
@@ -120,8 +133,17 @@ class BTUConfig:
         if self.repair_filter_folds < 2 or self.repair_filter_passes < 1:
             raise ConfigError("repair_filter_folds must be at least 2 and repair_filter_passes at least 1, not "
                               f"{self.repair_filter_folds} and {self.repair_filter_passes}")
+        if self.fresh_lr is not None and self.fresh_lr <= 0:
+            raise ConfigError(f"fresh_lr must be positive (or None: lr), not {self.fresh_lr}")
         if self.change_from == "round1" and 1 not in self.rounds:
             raise ConfigError("change_from=round1 needs detection round 1")
+
+    @classmethod
+    def recipe(cls, name: str, **overrides) -> "BTUConfig":
+        """The config of a named recipe (RECIPES), with `overrides` on top."""
+        if name not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, not {name!r}")
+        return cls(**{**RECIPES[name], **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -190,6 +190,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         vmodel = victim if not isinstance(victim, str) else load_classifier(victim, allow_pickle=allow_pickle)[0]
         timings["victim_training"] = 0.0
     from_scratch = cfg.repair_from == "pretrained"  # the defended model is trained fresh on the repair set
+    fresh_lr = cfg.lr if cfg.fresh_lr is None else cfg.fresh_lr
     # untouched (the victim trained on a copy): kept for fresh training, of the defended model or of judges
     fresh = base if from_scratch or cfg.repair_filter_judge != "unlearned" else None
     del base
@@ -258,7 +259,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         labels = [repair_ds.labels[i] for i in rows]
         weights = balanced_class_weights(labels, dataset.num_labels) if cfg.repair_balance == "balanced" else None
         out = copy.deepcopy(model)
-        config = tcfg(cfg.victim_epochs, cfg.lr, desc, 1, class_weights=weights) if like_victim else \
+        config = tcfg(cfg.victim_epochs, fresh_lr, desc, 1, class_weights=weights) if like_victim else \
             tcfg(cfg.repair_epochs, cfg.repair_lr, desc, 1, cfg.repair_embedding_lr, cfg.repair_trainable, weights)
         soft = teacher[rows] if teacher is not None and not like_victim else None
         train(out, tok, input_ids=[repair_ids[i] for i in rows], labels=labels, teacher_logits=soft, config=config)
@@ -344,7 +345,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_source += ", each label weighing the same in the loss"
     if from_scratch:
         repair_source += f"; a fresh copy of the pretrained model trained on it ({cfg.victim_epochs:g} epochs, " \
-                         f"lr {cfg.lr:g}) instead of repairing the unlearned victim"
+                         f"lr {fresh_lr:g}) instead of repairing the unlearned victim"
     timings["repair"] = time.perf_counter() - start
     rows.append({"model": "BTU (unlearning + repair)", **measure(defended)})
     repair_only = None
@@ -364,7 +365,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         "repair": {"source": repair_source, "rows": len(repair_ds), "from": cfg.repair_from,
                    "label_counts": {n: repair_ds.labels.count(i) for i, n in enumerate(repair_ds.label_names)},
                    "epochs": cfg.victim_epochs if from_scratch else cfg.repair_epochs,
-                   "lr": cfg.lr if from_scratch else cfg.repair_lr,
+                   "lr": fresh_lr if from_scratch else cfg.repair_lr,
                    "readmitted_carriers": readmitted,
                    "suspected_target": names[target] if target is not None else None,
                    # with ground truth: the poisoned rows the repair set still holds
