@@ -153,10 +153,10 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--unlearn-max-rows", type=float, default=None,
                    help="do not unlearn flagged tokens found in more than this share of training rows (e.g. 0.15)")
     g.add_argument("--recipe", choices=list(RECIPES), default="unlearn",
-                   help="unlearn = the paper's BTU (repair the unlearned victim); retrain = BTU's detection as a data "
-                        "sanitizer: --repair-from pretrained --repair-filter crossfit --filter-labels target "
-                        "--repair-carriers other-labels-stripped --fresh-lr 1e-4 (options given here override the "
-                        "recipe's)")
+                   help="unlearn (default) = the paper's BTU (repair the unlearned victim); retrain = BTU's "
+                        "detection as a data sanitizer: --repair-from pretrained --repair-filter crossfit "
+                        "--filter-labels target --repair-carriers other-labels-stripped --fresh-lr 1e-4 (options "
+                        "given here override the recipe's)")
     g.add_argument("--repair-filter", choices=list(REPAIR_FILTERS),
                    help="without --clean-data: none (default) = drop only the rows with a flagged token; agree = "
                         "also drop rows whose label the unlearned model disputes; "
