@@ -51,8 +51,9 @@ def test_recipes_set_their_options_and_given_options_win():
     from btu.defenses.btu.cli import defend_config
 
     retrain = BTUConfig.recipe("retrain", alpha=0.1)
-    assert (retrain.repair_from, retrain.repair_filter, retrain.repair_filter_labels, retrain.repair_carriers) == \
-        ("pretrained", "crossfit", "target", "other-labels-stripped") and retrain.alpha == 0.1
+    assert (retrain.repair_from, retrain.repair_filter, retrain.repair_filter_judge, retrain.repair_filter_labels,
+            retrain.repair_carriers, retrain.fresh_lr) == \
+        ("pretrained", "crossfit", "unlearned", "target", "other-labels-stripped", 1e-4) and retrain.alpha == 0.1
     assert BTUConfig.recipe("unlearn") == BTUConfig()
     with pytest.raises(ConfigError, match="recipe must be one of"):
         BTUConfig.recipe("paper2")
@@ -63,8 +64,9 @@ def test_recipes_set_their_options_and_given_options_win():
     assert parsed() == BTUConfig(progress=True)
     assert parsed("--recipe", "retrain") == BTUConfig.recipe("retrain")
     # an option given on the command line overrides the recipe's value; the others keep it
-    mixed = parsed("--recipe", "retrain", "--repair-filter", "agree", "--filter-labels", "all")
-    assert (mixed.repair_filter, mixed.repair_filter_labels, mixed.repair_from) == ("agree", "all", "pretrained")
+    mixed = parsed("--recipe", "retrain", "--filter-judge", "both", "--filter-labels", "all", "--fresh-lr", "5e-5")
+    assert (mixed.repair_filter_judge, mixed.repair_filter_labels, mixed.fresh_lr) == ("both", "all", 5e-5)
+    assert (mixed.repair_from, mixed.repair_filter) == ("pretrained", "crossfit")
     assert parsed("--repair-from", "pretrained").repair_filter == "none"
 
 

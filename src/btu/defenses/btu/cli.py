@@ -155,8 +155,8 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--recipe", choices=list(RECIPES), default="unlearn",
                    help="unlearn (default) = the paper's BTU (repair the unlearned victim); retrain = BTU's "
                         "detection as a data sanitizer: --repair-from pretrained --repair-filter crossfit "
-                        "--filter-labels target --repair-carriers other-labels-stripped --fresh-lr 1e-4 (options "
-                        "given here override the recipe's)")
+                        "--filter-labels target --repair-carriers other-labels-stripped "
+                        "--fresh-lr 1e-4 (options given here override the recipe's)")
     g.add_argument("--repair-filter", choices=list(REPAIR_FILTERS),
                    help="without --clean-data: none (default) = drop only the rows with a flagged token; agree = "
                         "also drop rows whose label the unlearned model disputes; "
@@ -172,17 +172,18 @@ def register(sub, add_common, add_attack, add_training, epilog):
                         "other-labels-stripped = those rows without their flagged tokens")
     g.add_argument("--repair-from", choices=list(REPAIR_FROM),
                    help="unlearned (default) = repair the unlearned victim (BTU); pretrained = train a fresh copy "
-                        "of the pretrained model on the repair set with the victim's --epochs and --lr (the flagged "
-                        "rows and the filter as a data sanitizer, for backdoors outside the embeddings)")
+                        "of the pretrained model on the repair set for the victim's --epochs at --fresh-lr (the "
+                        "flagged rows and the filter as a data sanitizer, for backdoors outside the embeddings)")
     g.add_argument("--fresh-lr", type=float,
                    help="the lr of fresh copies of the pretrained model (--repair-from pretrained, --filter-judge "
                         "pretrained; default: --lr, the victim's)")
     g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter crossfit: folds (2)")
     g.add_argument("--filter-passes", type=int, default=1,
                    help="with --repair-filter crossfit: filter again on what the last pass kept (1)")
-    g.add_argument("--filter-judge", choices=list(REPAIR_JUDGES), default="unlearned",
-                   help="with --repair-filter crossfit: who judges a fold: the unlearned model repaired on the other "
-                        "folds, a fresh model trained on them (victim's --epochs and --lr), or both (each must agree)")
+    g.add_argument("--filter-judge", choices=list(REPAIR_JUDGES),
+                   help="with --repair-filter crossfit: who judges a fold: unlearned (default) = the unlearned model "
+                        "repaired on the other folds; pretrained = a fresh model trained on them (victim's --epochs, "
+                        "--fresh-lr); both = each must agree")
     g.add_argument("--filter-labels", choices=list(REPAIR_FILTER_LABELS),
                    help="with --repair-filter: which rows it may drop: all (default), or only those labelled as the "
                         "suspected target (the label the rows with a flagged token lean to; dirty-label poison "

@@ -28,8 +28,9 @@ RECIPES = {
     # the paper's BTU: unlearn the flagged tokens' backdoor dimensions, repair the unlearned victim
     "unlearn": {},
     # BTU's detection and its unlearned model as a data sanitizer: drop the target-labelled rows with a flagged
-    # token and those out-of-fold judges dispute, keep the other labels' carriers without their flagged tokens,
-    # and train a fresh copy of the pretrained model on what is left (also removes backdoors outside the embeddings)
+    # token and those that out-of-fold judges (the unlearned victim repaired on the other folds) dispute, keep the
+    # other labels' carriers without their flagged tokens, and train a fresh copy of the pretrained model on what
+    # is left (which also removes backdoors outside the embeddings)
     "retrain": {"repair_from": "pretrained", "repair_filter": "crossfit", "repair_filter_labels": "target",
                 "repair_carriers": "other-labels-stripped", "fresh_lr": 1e-4},
 }
