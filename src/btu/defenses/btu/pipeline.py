@@ -253,7 +253,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
 
     def repair(model, desc, rows=None, like_victim=False):
         """A copy of `model` fine-tuned on the repair rows (all, or these positions in the repair set),
-        distilling `teacher` when there is one; like_victim: trained like the victim (its epochs and lr) and
+        distilling `teacher` when there is one; like_victim: trained like the victim (its epochs, at fresh_lr) and
         never distilling it, whose logits would teach a fresh model the victim's backdoor back."""
         rows = list(range(len(repair_ids))) if rows is None else rows
         labels = [repair_ds.labels[i] for i in rows]
