@@ -228,15 +228,15 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         if other_labels and target is not None:
             repair_source += f" and the suspected target label {names[target]!r} ({len(spared)} with another " \
                              "label kept)"
-        repair_ids = [ids[i] for i in keep]
-        if cfg.repair_carriers == "other-labels-stripped" and spared:
-            rare = {f["id"] for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)}
-            repair_ids = [[t for t in ids[i] if t not in rare] if i in spared else ids[i] for i in keep]
+        # the flagged tokens the stripping carrier options delete from the rows they keep
+        rare = {f["id"] for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)}
+        strip = spared if cfg.repair_carriers == "other-labels-stripped" else set()
+        repair_ids = [[t for t in ids[i] if t not in rare] if i in strip else ids[i] for i in keep]
+        if strip:
             repair_source += ", without their flagged tokens"
         if cfg.repair_carriers == "readmit" and carriers:
             # a clean carrier of a flagged sentiment word still reads right without it; a poisoned one,
             # once its trigger is gone, reads against its label: the unlearned model tells them apart
-            rare = {f["id"] for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)}
             cand = sorted(carriers)
             stripped = [[t for t in ids[i] if t not in rare] for i in cand]
             back, _ = _agreeing(unlearned, tok, stripped, [dataset.labels[i] for i in cand], range(len(cand)),
