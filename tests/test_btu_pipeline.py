@@ -336,6 +336,22 @@ def test_filter_labels_target_drops_only_rows_of_the_label_the_flagged_rows_lean
         BTUConfig(repair_filter_labels="neg")
 
 
+def test_repair_filter_agree_then_crossfit_filters_what_agree_kept(tiny_bert):
+    train = one_target()
+    base = dict(FAST, repair_controls=False, victim_epochs=4, repair_epochs=4, repair_lr=5e-3, lr=5e-3,
+                repair_embedding_lr=None, repair_teacher="victim", repair_filter_labels="target")
+    plain = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base)).report["repair"]
+    agree = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_filter="agree")).report["repair"]
+    both = btu.defend(train, model=str(tiny_bert),
+                      config=BTUConfig(**base, repair_filter="agree+crossfit")).report["repair"]
+    assert "rows whose label the unlearned model disputes" in both["source"]
+    assert "pass 1 of 1, 2 folds" in both["source"]
+    # crossfit only ever drops rows, and agree's are the same (same unlearned model): crossfit found more
+    assert both["rows"] < agree["rows"] and both["poisoned_rows"] <= agree["poisoned_rows"] < plain["poisoned_rows"]
+    assert both["label_counts"]["neg"] == plain["label_counts"]["neg"]  # only the target label is judged
+    assert BTUConfig.recipe("retrain", repair_filter="agree+crossfit").repair_filter == "agree+crossfit"
+
+
 def test_repair_carriers_other_labels_keeps_the_carriers_of_other_labels(tiny_bert):
     train = carried()  # 16 poisoned `cf` rows labelled 1, and 8 clean `cf` rows of either label
     base = dict(FAST, repair_controls=False, repair_epochs=0)

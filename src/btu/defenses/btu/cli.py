@@ -162,7 +162,8 @@ def register(sub, add_common, add_attack, add_training, epilog):
                         "also drop rows whose label the unlearned model disputes; "
                         "repaired = repair, drop the rows whose label the repaired model disputes, repair again; "
                         "crossfit = drop the rows whose label a model repaired on the other folds disputes, then "
-                        "repair (for paraphrase triggers, which carry no flagged token)")
+                        "repair (for paraphrase triggers, which carry no flagged token); agree+crossfit = agree, "
+                        "then crossfit on what it kept")
     g.add_argument("--repair-carriers", choices=list(REPAIR_CARRIERS),
                    help="without --clean-data: drop (default) = leave every row with a flagged token out of the "
                         "repair; "
@@ -177,7 +178,7 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--fresh-lr", type=float,
                    help="the lr of fresh copies of the pretrained model (--repair-from pretrained, --filter-judge "
                         "pretrained; default: --lr, the victim's)")
-    g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter crossfit: folds (2)")
+    g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter (agree+)crossfit: folds (2)")
     g.add_argument("--filter-passes", type=int, default=1,
                    help="with --repair-filter crossfit: filter again on what the last pass kept (1)")
     g.add_argument("--filter-judge", choices=list(REPAIR_JUDGES),

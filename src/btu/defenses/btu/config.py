@@ -17,7 +17,7 @@ UNLEARN_METHODS = ("btu", "row", "pr1", "pr2", "pn", "none")
 THRESHOLDS = ("mean", "frobenius")
 PADDINGS = ("pretrained", "victim", "zero")
 CHANGE_FROM = ("victim", "round1")
-REPAIR_FILTERS = ("none", "agree", "repaired", "crossfit")
+REPAIR_FILTERS = ("none", "agree", "repaired", "crossfit", "agree+crossfit")
 REPAIR_CARRIERS = ("drop", "readmit", "other-labels", "other-labels-stripped")
 REPAIR_FROM = ("unlearned", "pretrained")
 REPAIR_JUDGES = ("unlearned", "pretrained", "both")
@@ -81,7 +81,9 @@ class BTUConfig:
     repair_carriers: str = "drop"
     # default repair set: agree = also drop rows the unlearned model mislabels; repaired = repair, drop the rows
     # the repaired model mislabels, repair the unlearned model again; crossfit = drop the rows a model repaired
-    # on the other folds mislabels (repair_filter_passes times), then repair
+    # on the other folds mislabels (repair_filter_passes times), then repair; agree+crossfit = agree, then crossfit on
+    # what agree kept (the unlearned victim disputes most syntactic poison in-sample; the crossfit judges, trained on
+    # the cleaner rest, catch more of what it missed and of the style poison it cannot see)
     repair_filter: str = "none"
     # which rows a filter may drop: all, or only those labelled as the suspected target (the label the rows with
     # a flagged token lean to most against the whole set): dirty-label poison all carries the target label, so

@@ -306,7 +306,8 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_ds, repair_ids, keep = repair_ds.subset(kept), [repair_ids[i] for i in kept], [keep[i] for i in kept]
         teacher = teacher[kept] if teacher is not None else None
 
-    if filtering and cfg.repair_filter == "agree":
+    filters = cfg.repair_filter.split("+")
+    if filtering and "agree" in filters:
         # dirty-label poison that carries no flagged token (a paraphrase trigger) is labelled
         # against its content: once unlearned, the model disagrees with those labels
         kept, dropped = keep_agreeing(unlearned, range(len(repair_ids)))
@@ -319,7 +320,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         teacher = predict_logits(vmodel, tok, input_ids=repair_ids, precision=cfg.precision)
         repair_source += ", distilling the victim's logits" + \
             (" in the repairs of the unlearned model (never in fresh training)" if fresh is not None else "")
-    if filtering and cfg.repair_filter == "crossfit" and cfg.repair_epochs > 0 and len(repair_ds) > 1:
+    if filtering and "crossfit" in filters and cfg.repair_epochs > 0 and len(repair_ds) > 1:
         # dirty-label poison without a flagged token (a paraphrase trigger) is labelled against its content;
         # judged out of fold, before the repair can relearn it from those same rows
         for n in range(cfg.repair_filter_passes):
