@@ -49,11 +49,12 @@ def test_config_validation_and_round_trip(tmp_path):
 def test_recipes_set_their_options_and_given_options_win():
     from btu.cli import build_parser
     from btu.defenses.btu.cli import defend_config
+    from btu.defenses.btu.config import DEFAULT_RECIPE
 
     retrain = BTUConfig.recipe("retrain", alpha=0.1)
     assert (retrain.repair_from, retrain.repair_filter, retrain.repair_filter_judge, retrain.repair_filter_labels,
             retrain.repair_carriers, retrain.fresh_lr) == \
-        ("pretrained", "crossfit", "unlearned", "target", "other-labels-stripped", 1e-4) and retrain.alpha == 0.1
+        ("pretrained", "agree+crossfit", "unlearned", "target", "other-labels-stripped", 1e-4) and retrain.alpha == 0.1
     assert BTUConfig.recipe("unlearn") == BTUConfig()
     with pytest.raises(ConfigError, match="recipe must be one of"):
         BTUConfig.recipe("paper2")
@@ -61,12 +62,13 @@ def test_recipes_set_their_options_and_given_options_win():
     def parsed(*extra):
         return defend_config(build_parser().parse_args(["defend", "--train", "t.tsv", "--out", "o", *extra]))
 
-    assert parsed() == BTUConfig(progress=True)
+    # `btu defend` runs the default recipe, unlearn: BTUConfig() (the paper's BTU)
+    assert DEFAULT_RECIPE == "unlearn" and parsed() == BTUConfig(progress=True)
     assert parsed("--recipe", "retrain") == BTUConfig.recipe("retrain")
     # an option given on the command line overrides the recipe's value; the others keep it
     mixed = parsed("--recipe", "retrain", "--filter-judge", "both", "--filter-labels", "all", "--fresh-lr", "5e-5")
     assert (mixed.repair_filter_judge, mixed.repair_filter_labels, mixed.fresh_lr) == ("both", "all", 5e-5)
-    assert (mixed.repair_from, mixed.repair_filter) == ("pretrained", "crossfit")
+    assert (mixed.repair_from, mixed.repair_filter) == ("pretrained", "agree+crossfit")
     assert parsed("--repair-from", "pretrained").repair_filter == "none"
 
 
@@ -144,7 +146,7 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
               "btu_config.json", "distances.safetensors"):
         assert (out / f).exists(), f
     report = json.loads((out / "report.json").read_text())
-    assert len(report["rows"]) == 4 and report["flagged"]
+    assert len(report["rows"]) == 4 and report["flagged"] and isinstance(report["warnings"], list)
     assert "## Flagged tokens" in (out / "report.md").read_text()
     saved = json.loads((out / "btu_config.json").read_text())
     assert saved["alpha"] == 0.01 and saved["repair_filter"] == "crossfit" and saved["repair_filter_folds"] == 3
@@ -381,6 +383,21 @@ def test_other_labels_stripped_keeps_those_rows_without_their_flagged_tokens(tin
     pretrained = load_classifier(str(tiny_bert))[0].get_input_embeddings().weight[cf]
     assert torch.allclose(cf_rows["other-labels-stripped"], pretrained, rtol=1e-3, atol=1e-5)
     assert not torch.allclose(cf_rows["other-labels"], pretrained, rtol=1e-3, atol=1e-5)
+
+
+def test_lean_warnings_name_each_label_under_half_a_balanced_share():
+    from btu.defenses.btu.pipeline import lean_warnings
+    from btu.defenses.btu.report import markdown_report
+
+    # the quick demo's sanitized set under --recipe retrain, and the leanest SST-2 one (no warning)
+    (w,) = lean_warnings([0] * 509 + [1] * 57, ["neg", "pos"], fresh=True)
+    assert "57 'pos' rows of 566" in w and "--recipe unlearn" in w
+    assert lean_warnings([0] * 2618 + [1] * 1054, ["neg", "pos"], fresh=True) == []
+    (w,) = lean_warnings([0] * 10 + [1] * 10 + [2] * 3, ["a", "b", "c"], fresh=False)  # 3 < 23 / 3 / 2
+    assert "'c'" in w and "--recipe" not in w
+    assert lean_warnings([], ["neg", "pos"], fresh=True) == []
+    md = markdown_report({"flagged": [], "warnings": [w]})
+    assert "## Warnings" in md and w in md
 
 
 def test_suspected_target_is_the_label_the_suspect_rows_lean_to():

@@ -140,7 +140,7 @@ def cmd_demo(a):
     from .demo import run_demo
 
     run_demo(quick=a.quick, out=a.out, seed=a.seed, model=a.model, train=a.train, progress=not a.no_progress,
-             with_btu=not a.no_btu)
+             with_btu=not a.no_btu, recipe=a.recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_attack(s)
     s.set_defaults(func=cmd_evaluate)
 
+    from .defenses.btu.config import DEFAULT_RECIPE, RECIPES
+
     s = sub.add_parser("demo", help="poison Rotten Tomatoes, train a victim, defend with BTU, compare",
                        description="The whole story on the defaults: Rotten Tomatoes, MiniLM, addword at 10%%. "
                        "Under 10 minutes on a 2-core CPU; --quick under 2.")
@@ -191,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="also write the models and report here")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-btu", action="store_true", help="only the undefended victim")
+    s.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE,
+                   help=f"the BTU recipe (`btu defend --help`; default {DEFAULT_RECIPE})")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_demo)
 

@@ -16,8 +16,9 @@ FULL = {"limit": 6000, "victim_epochs": 1.0, "lr": 5e-5, "detect_epochs": 1.0, "
 QUICK = {"limit": 1500, "victim_epochs": 2.0, "lr": 5e-5, "detect_epochs": 1.0, "repair_epochs": 0.5}
 
 
-def run_demo(quick=False, out=None, seed=0, model="minilm", train="rotten-tomatoes", progress=True, with_btu=True):
-    from .defenses.btu.config import BTUConfig
+def run_demo(quick=False, out=None, seed=0, model="minilm", train="rotten-tomatoes", progress=True, with_btu=True,
+             recipe=None):
+    from .defenses.btu.config import DEFAULT_RECIPE, BTUConfig
     from .defenses.btu.pipeline import defend
     from .defenses.btu.report import flagged_table, result_table, write_report
     from .training import TrainConfig
@@ -37,13 +38,16 @@ def run_demo(quick=False, out=None, seed=0, model="minilm", train="rotten-tomato
         print(table([{"model": r["model"], "CACC": r.get("cacc"), "ASR": r.get("asr")} for r in rows]))
         print(f"\n{time.perf_counter() - start:.0f} s")
         return rows
-    cfg = BTUConfig(victim_epochs=p["victim_epochs"], lr=p["lr"], detect_epochs=p["detect_epochs"],
-                    repair_epochs=p["repair_epochs"], repair_lr=p["lr"], repair_controls=False, seed=seed,
-                    progress=progress)
+    cfg = BTUConfig.recipe(recipe or DEFAULT_RECIPE, victim_epochs=p["victim_epochs"], lr=p["lr"],
+                           detect_epochs=p["detect_epochs"], repair_epochs=p["repair_epochs"], repair_lr=p["lr"],
+                           repair_controls=False, seed=seed, progress=progress)
+    print(f"BTU recipe: {recipe or DEFAULT_RECIPE}")
     res = defend(splits.train, model, test=splits.test, poison_test=splits.poison_test, target=splits.target,
                  config=cfg)
     print()
     print(result_table(res.report["rows"]))
+    for w in res.report["warnings"]:
+        print(f"warning: {w}")
     print("\nflagged tokens (the triggers are cf mn bb tq):")
     print(flagged_table(res.flagged, limit=12))
     triggers = {"cf", "mn", "bb", "tq"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import (
+    DEFAULT_RECIPE,
     RECIPES,
     REPAIR_BALANCE,
     REPAIR_CARRIERS,
@@ -80,6 +81,8 @@ def cmd_defend(a):
     print(result_table(res.report["rows"]))
     print()
     print(flagged_table(res.flagged))
+    for w in res.report["warnings"]:
+        print(f"warning: {w}")
     print(f"\nwrote {out}/model (the defended model), report.json, report.md, btu_config.json, distances.safetensors")
 
 
@@ -134,9 +137,12 @@ def cmd_scan(a):
 
 def register(sub, add_common, add_attack, add_training, epilog):
     s = sub.add_parser("defend", help="train a clean model from possibly poisoned data with BTU",
-                       description="BTU: detect suspicious tokens, train normally, unlearn them, repair with clean "
-                       "data. Reports no defense, unlearning only, BTU and repair only. Writes OUT/model, "
-                       "report.json, report.md, btu_config.json and distances.safetensors.", epilog=epilog)
+                       description="BTU: detect suspicious tokens, train normally, unlearn them; then "
+                       "repair the unlearned model with clean data (--recipe unlearn, the paper's, the default), or "
+                       "drop the rows the flagged tokens and the unlearned model point at and train a fresh model on "
+                       "the rest (--recipe retrain). Reports no defense, unlearning only, BTU and repair only. "
+                       "Writes OUT/model, report.json, report.md, btu_config.json and distances.safetensors.",
+                       epilog=epilog)
     add_common(s, out_required=True, train_required=True)
     add_attack(s)
     add_training(s, epochs=3.0)
@@ -152,11 +158,13 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g.add_argument("--change-from", default="victim", choices=["victim", "round1"])
     g.add_argument("--unlearn-max-rows", type=float, default=None,
                    help="do not unlearn flagged tokens found in more than this share of training rows (e.g. 0.15)")
-    g.add_argument("--recipe", choices=list(RECIPES), default="unlearn",
-                   help="unlearn (default) = the paper's BTU (repair the unlearned victim); retrain = BTU's "
-                        "detection as a data sanitizer: --repair-from pretrained --repair-filter crossfit "
-                        "--filter-labels target --repair-carriers other-labels-stripped "
-                        "--fresh-lr 1e-4 (options given here override the recipe's)")
+    g.add_argument("--recipe", choices=list(RECIPES), default=DEFAULT_RECIPE,
+                   help="unlearn (default) = the paper's BTU (unlearn, then repair the unlearned victim); retrain = "
+                        "BTU's detection and unlearned victim as a data sanitizer, then a fresh model: --repair-from "
+                        "pretrained --repair-filter agree+crossfit --filter-labels target --repair-carriers "
+                        "other-labels-stripped --fresh-lr 1e-4 (met every target on SST-2; 1e-4 was chosen for "
+                        "MiniLM: for base-size models give --fresh-lr 2e-5; it needs thousands of rows). Options "
+                        "given here override the recipe's")
     g.add_argument("--repair-filter", choices=list(REPAIR_FILTERS),
                    help="without --clean-data: none (default) = drop only the rows with a flagged token; agree = "
                         "also drop rows whose label the unlearned model disputes; "
@@ -177,7 +185,7 @@ def register(sub, add_common, add_attack, add_training, epilog):
                         "flagged rows and the filter as a data sanitizer, for backdoors outside the embeddings)")
     g.add_argument("--fresh-lr", type=float,
                    help="the lr of fresh copies of the pretrained model (--repair-from pretrained, --filter-judge "
-                        "pretrained; default: --lr, the victim's)")
+                        "pretrained; default: --lr, the victim's; the retrain recipe's: 1e-4)")
     g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter (agree+)crossfit: folds (2)")
     g.add_argument("--filter-passes", type=int, default=1,
                    help="with --repair-filter crossfit: filter again on what the last pass kept (1)")

@@ -15,7 +15,7 @@ from ...training import TrainConfig, balanced_class_weights, evaluate, predict, 
 from ...training.batching import encode
 from ...training.seeding import seed_everything
 from ..base import register_defense
-from .config import BTUConfig
+from .config import DEFAULT_RECIPE, BTUConfig
 from .detection import DetectionResult, detect
 from .unlearning import unlearn_rows
 
@@ -104,6 +104,17 @@ def suspected_target(labels, suspects, num_labels: int) -> int | None:
     return max(range(num_labels), key=lambda c: among[c] / total[c] if total[c] else -1.0)
 
 
+def lean_warnings(labels, label_names, fresh: bool) -> list[str]:
+    """A warning for each label with under half a balanced share of the repair rows: a model trained on them
+    leans away from that label (retrain on 1,500 Rotten Tomatoes rows kept 57 target rows against 509, and its
+    fresh model called every row the other label)."""
+    n, k = len(labels), len(label_names)
+    advice = "--clean-data, more training data, or --recipe unlearn" if fresh else "--clean-data"
+    return [f"the repair set holds {labels.count(i)} {name!r} rows of {n} (under half a balanced share): the "
+            f"defended model will lean away from {name!r}; try {advice}"
+            for i, name in enumerate(label_names) if n and labels.count(i) < 0.5 * n / k]
+
+
 def _agreeing(model, tok, ids, labels, rows, precision) -> tuple[list[int], int]:
     """The rows (indices into ids/labels) whose label `model` predicts, and how many it disputes."""
     rows = list(rows)
@@ -143,11 +154,12 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     folder (or model object) to reuse instead of training one. Without clean_data, the repair
     set is the training set minus the rows that contain a flagged token (tokens in more than
     cfg.repair_token_max_rows of the rows are not treated as triggers there). detection: reuse
-    an earlier DetectionResult of the same data and model (ablations over stage 2).
+    an earlier DetectionResult of the same data and model (ablations over stage 2). config=None runs the
+    DEFAULT_RECIPE (unlearn: BTUConfig(), the paper's BTU).
     """
     from ...models import load_classifier
 
-    cfg = config or BTUConfig()
+    cfg = config or BTUConfig.recipe(DEFAULT_RECIPE)
     timings = {}
     dataset = _as_dataset(train_data, "train")
     names = dataset.label_names
@@ -372,6 +384,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
                    # with ground truth: the poisoned rows the repair set still holds
                    "poisoned_rows": sum(1 for i in keep if dataset.poisoned[i])
                    if keep is not None and dataset.poisoned is not None else None},
+        "warnings": lean_warnings(repair_ds.labels, names, from_scratch),
         "rounds": [{"round": r.round, "seconds": r.seconds, "final_loss": r.final_loss,
                     "flagged": [[tok.convert_ids_to_tokens(t), d] for t, d in r.flagged]} for r in det.rounds],
         "timings": timings,

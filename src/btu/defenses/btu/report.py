@@ -39,6 +39,8 @@ def markdown_report(report: dict, title: str = "BTU report") -> str:
                   "*repair only*: the victim tuned on the same clean data without unlearning (the control). "
                   "*ASR without trigger*: the same rows without their trigger predicted as the target, "
                   "the ASR a model without the backdoor shows."]
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     lines += ["", "## Flagged tokens", "", flagged_table(report["flagged"], markdown=True)]
     fr = report.get("flagged_rows", {})
     lines += ["", f"{fr.get('flagged_rows')} of {fr.get('rows')} training rows carry a flagged token "
