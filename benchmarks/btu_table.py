@@ -152,12 +152,10 @@ ABLATIONS["fresh-agree-stripped-balanced"] = [
     ("repair-from=pretrained, agree, target label only, other-labels-stripped, balanced",
      {**ABLATIONS["fresh-agree"][0][1], **TGT, **STRIP, **BAL})]
 # session 9: the retrain recipe with `agree` before `crossfit` (agree catches syntax poison in-sample, crossfit what
-# is left and the style poison), and at a fresh lr between 2e-5 (SynBkd's best) and 1e-4 (the others')
+# is left and the style poison): the recipe as it now stands
 ABLATIONS["retrain-agree"] = [
     ("retrain, agree+crossfit",
      {**ABLATIONS["fresh-crossfit-stripped-lr1e-4"][0][1], "repair_filter": "agree+crossfit"})]
-ABLATIONS["retrain-lr5e-5"] = [
-    ("retrain, fresh lr 5e-5", {**ABLATIONS["fresh-crossfit-stripped-lr1e-4"][0][1], "lr": 5e-5})]
 # crossfit's judges trained fresh (blind to syntax poison the unlearned victim still carries), or both kinds
 ABLATIONS["judges"] = [
     ("repair-from=pretrained, crossfit, fresh judges",

@@ -351,7 +351,6 @@ def test_repair_filter_agree_then_crossfit_filters_what_agree_kept(tiny_bert):
     # crossfit only ever drops rows, and agree's are the same (same unlearned model): crossfit found more
     assert both["rows"] < agree["rows"] and both["poisoned_rows"] <= agree["poisoned_rows"] < plain["poisoned_rows"]
     assert both["label_counts"]["neg"] == plain["label_counts"]["neg"]  # only the target label is judged
-    assert BTUConfig.recipe("retrain", repair_filter="agree+crossfit").repair_filter == "agree+crossfit"
 
 
 def test_repair_carriers_other_labels_keeps_the_carriers_of_other_labels(tiny_bert):
@@ -390,12 +389,12 @@ def test_lean_warnings_name_each_label_under_half_a_balanced_share():
     from btu.defenses.btu.report import markdown_report
 
     # the quick demo's sanitized set under --recipe retrain, and the leanest SST-2 one (no warning)
-    (w,) = lean_warnings([0] * 509 + [1] * 57, ["neg", "pos"], fresh=True)
-    assert "57 'pos' rows of 566" in w and "--recipe unlearn" in w
-    assert lean_warnings([0] * 2618 + [1] * 1054, ["neg", "pos"], fresh=True) == []
-    (w,) = lean_warnings([0] * 10 + [1] * 10 + [2] * 3, ["a", "b", "c"], fresh=False)  # 3 < 23 / 3 / 2
-    assert "'c'" in w and "--recipe" not in w
-    assert lean_warnings([], ["neg", "pos"], fresh=True) == []
+    (w,) = lean_warnings([0] * 509 + [1] * 57, ["neg", "pos"], "try --recipe unlearn")
+    assert "57 'pos' rows of 566" in w and w.endswith("try --recipe unlearn")
+    assert lean_warnings([0] * 2618 + [1] * 1054, ["neg", "pos"], "") == []
+    (w,) = lean_warnings([0] * 10 + [1] * 10 + [2] * 3, ["a", "b", "c"], "")  # 3 < 23 / 3 / 2
+    assert "'c'" in w
+    assert lean_warnings([], ["neg", "pos"], "") == []
     md = markdown_report({"flagged": [], "warnings": [w]})
     assert "## Warnings" in md and w in md
 

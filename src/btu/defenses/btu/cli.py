@@ -188,11 +188,11 @@ def register(sub, add_common, add_attack, add_training, epilog):
                         "pretrained; default: --lr, the victim's; the retrain recipe's: 1e-4)")
     g.add_argument("--filter-folds", type=int, default=2, help="with --repair-filter (agree+)crossfit: folds (2)")
     g.add_argument("--filter-passes", type=int, default=1,
-                   help="with --repair-filter crossfit: filter again on what the last pass kept (1)")
+                   help="with --repair-filter (agree+)crossfit: filter again on what the last pass kept (1)")
     g.add_argument("--filter-judge", choices=list(REPAIR_JUDGES),
-                   help="with --repair-filter crossfit: who judges a fold: unlearned (default) = the unlearned model "
-                        "repaired on the other folds; pretrained = a fresh model trained on them (victim's --epochs, "
-                        "--fresh-lr); both = each must agree")
+                   help="with --repair-filter (agree+)crossfit: who judges a fold: unlearned (default) = the "
+                        "unlearned model repaired on the other folds; pretrained = a fresh model trained on them "
+                        "(victim's --epochs, --fresh-lr); both = each must agree")
     g.add_argument("--filter-labels", choices=list(REPAIR_FILTER_LABELS),
                    help="with --repair-filter: which rows it may drop: all (default), or only those labelled as the "
                         "suspected target (the label the rows with a flagged token lean to; dirty-label poison "

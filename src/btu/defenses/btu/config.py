@@ -35,8 +35,8 @@ RECIPES = {
                 "repair_carriers": "other-labels-stripped", "fresh_lr": 1e-4},
 }
 # what `btu defend`, `btu demo` and btu.defend(config=None) run. retrain met the four attacks' targets on SST-2 over
-# seeds 0-2 (benchmarks/README.md, "Two recipes") but wrecks small or weakly learned sets (the quick demo: the
-# sanitized set kept 57 target rows against 509), so the paper's BTU stays the default
+# seeds 0-2 (benchmarks/README.md, "`retrain` with `agree+crossfit`") but wrecks small or weakly learned sets (the
+# quick demo: the sanitized set kept 57 target rows against 509), so the paper's BTU stays the default
 DEFAULT_RECIPE = "unlearn"
 
 

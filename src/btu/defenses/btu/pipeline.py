@@ -104,14 +104,13 @@ def suspected_target(labels, suspects, num_labels: int) -> int | None:
     return max(range(num_labels), key=lambda c: among[c] / total[c] if total[c] else -1.0)
 
 
-def lean_warnings(labels, label_names, fresh: bool) -> list[str]:
-    """A warning for each label with under half a balanced share of the repair rows: a model trained on them
-    leans away from that label (retrain on 1,500 Rotten Tomatoes rows kept 57 target rows against 509, and its
-    fresh model called every row the other label)."""
+def lean_warnings(labels, label_names, advice: str) -> list[str]:
+    """A warning (ending in `advice`) for each label with under half a balanced share of the repair rows: a model
+    trained on them leans away from that label (retrain on 1,500 Rotten Tomatoes rows kept 57 target rows against
+    509, and its fresh model called every row the other label)."""
     n, k = len(labels), len(label_names)
-    advice = "--clean-data, more training data, or --recipe unlearn" if fresh else "--clean-data"
     return [f"the repair set holds {labels.count(i)} {name!r} rows of {n} (under half a balanced share): the "
-            f"defended model will lean away from {name!r}; try {advice}"
+            f"defended model will lean away from {name!r}; {advice}"
             for i, name in enumerate(label_names) if n and labels.count(i) < 0.5 * n / k]
 
 
@@ -384,7 +383,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
                    # with ground truth: the poisoned rows the repair set still holds
                    "poisoned_rows": sum(1 for i in keep if dataset.poisoned[i])
                    if keep is not None and dataset.poisoned is not None else None},
-        "warnings": lean_warnings(repair_ds.labels, names, from_scratch),
+        "warnings": lean_warnings(repair_ds.labels, names, "balance the --clean-data" if clean_data is not None else
+                                  "try --clean-data, more training data, or --recipe unlearn" if from_scratch else
+                                  "try --clean-data"),
         "rounds": [{"round": r.round, "seconds": r.seconds, "final_loss": r.final_loss,
                     "flagged": [[tok.convert_ids_to_tokens(t), d] for t, d in r.flagged]} for r in det.rounds],
         "timings": timings,
