@@ -156,6 +156,9 @@ ABLATIONS["fresh-agree-stripped-balanced"] = [
 ABLATIONS["retrain-agree"] = [
     ("retrain, agree+crossfit",
      {**ABLATIONS["fresh-crossfit-stripped-lr1e-4"][0][1], "repair_filter": "agree+crossfit"})]
+# ... keeping the target rows whose flagged tokens are at the base rate (`film`), which small sets cannot spare
+ABLATIONS["retrain-pure"] = [
+    ("retrain, agree+crossfit, carrier purity 0.9", {**ABLATIONS["retrain-agree"][0][1], "repair_carrier_purity": 0.9})]
 # crossfit's judges trained fresh (blind to syntax poison the unlearned victim still carries), or both kinds
 ABLATIONS["judges"] = [
     ("repair-from=pretrained, crossfit, fresh judges",

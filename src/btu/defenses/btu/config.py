@@ -83,6 +83,10 @@ class BTUConfig:
     # other-labels-stripped = the same rows without their flagged tokens (so the repair does not learn those tokens
     # as the other labels' words)
     repair_carriers: str = "drop"
+    # default repair set: count a flagged token's rows as carriers only if at least this share of them carry the
+    # suspected target label (a trigger's rows all do; a frequent word's, such as `film`, are at the base rate, and
+    # on a small set they are most of the target label); None: every flagged token's rows
+    repair_carrier_purity: float | None = None
     # default repair set: agree = also drop rows the unlearned model mislabels; repaired = repair, drop the rows
     # the repaired model mislabels, repair the unlearned model again; crossfit = drop the rows a model repaired
     # on the other folds mislabels (repair_filter_passes times), then repair; agree+crossfit = agree, then crossfit on
@@ -140,6 +144,8 @@ class BTUConfig:
         if self.repair_filter_folds < 2 or self.repair_filter_passes < 1:
             raise ConfigError("repair_filter_folds must be at least 2 and repair_filter_passes at least 1, not "
                               f"{self.repair_filter_folds} and {self.repair_filter_passes}")
+        if self.repair_carrier_purity is not None and not 0 < self.repair_carrier_purity <= 1:
+            raise ConfigError(f"repair_carrier_purity must be in (0, 1] (or None), not {self.repair_carrier_purity}")
         if self.fresh_lr is not None and self.fresh_lr <= 0:
             raise ConfigError(f"fresh_lr must be positive (or None: lr), not {self.fresh_lr}")
         if self.change_from == "round1" and 1 not in self.rounds:

@@ -226,8 +226,17 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     else:
         carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
         other_labels = cfg.repair_carriers.startswith("other-labels")
-        if cfg.repair_filter_labels == "target" or other_labels:
+        purity = cfg.repair_carrier_purity
+        if cfg.repair_filter_labels == "target" or other_labels or purity is not None:
             target = suspected_target(dataset.labels, carriers, dataset.num_labels)
+        base_rate = 0
+        if purity is not None and target is not None:
+            # a flagged token whose rows carry the target no more often than that share is a frequent word (`film`),
+            # not a trigger: its rows stay (and face the filters)
+            pure = [f for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)
+                    if sum(dataset.labels[i] == target for i in f["row_ids"]) >= purity * len(f["row_ids"])]
+            kept_rows = {i for f in pure for i in f["row_ids"]}
+            base_rate, carriers = len(carriers - kept_rows), kept_rows
         spared = set()
         if other_labels and target is not None:
             # dirty-label poison carries the target label: a carrier with another label is a clean row that
@@ -236,6 +245,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
             carriers = carriers - spared
         keep = [i for i in range(len(dataset)) if i not in carriers]
         repair_source = f"training set minus {len(carriers)} rows with a flagged token"
+        if base_rate:
+            repair_source += f" of which {purity:.0%} or more of the rows carry the suspected target ({base_rate} " \
+                             "rows with only other flagged tokens kept)"
         if other_labels and target is not None:
             repair_source += f" and the suspected target label {names[target]!r} ({len(spared)} with another " \
                              "label kept)"
