@@ -69,6 +69,7 @@ def test_recipes_set_their_options_and_given_options_win():
     mixed = parsed("--recipe", "retrain", "--filter-judge", "both", "--filter-labels", "all", "--fresh-lr", "5e-5")
     assert (mixed.repair_filter_judge, mixed.repair_filter_labels, mixed.fresh_lr) == ("both", "all", 5e-5)
     assert (mixed.repair_from, mixed.repair_filter) == ("pretrained", "agree+crossfit")
+    assert parsed("--carrier-purity", "0.9").repair_carrier_purity == 0.9
     assert parsed("--repair-from", "pretrained").repair_filter == "none"
 
 
@@ -382,6 +383,29 @@ def test_other_labels_stripped_keeps_those_rows_without_their_flagged_tokens(tin
     pretrained = load_classifier(str(tiny_bert))[0].get_input_embeddings().weight[cf]
     assert torch.allclose(cf_rows["other-labels-stripped"], pretrained, rtol=1e-3, atol=1e-5)
     assert not torch.allclose(cf_rows["other-labels"], pretrained, rtol=1e-3, atol=1e-5)
+
+
+def test_carrier_purity_keeps_the_rows_of_flagged_words_at_the_base_rate(tiny_bert):
+    from btu.defenses.btu.pipeline import target_carriers
+
+    labels = [1, 1, 1, 0, 1, 0, 0, 0]
+    flagged = [{"rows": 3, "row_ids": [0, 1, 2]}, {"rows": 4, "row_ids": [2, 3, 4, 5]}]  # all target; half
+    assert target_carriers(flagged, labels, 1, 0.9) == {0, 1, 2}
+    assert target_carriers(flagged, labels, 1, 0.5) == {0, 1, 2, 3, 4, 5}
+    assert target_carriers(flagged, labels, 1, 0.5, max_share=0.4) == {0, 1, 2}  # 4 of 8 rows is not rare
+    with pytest.raises(ConfigError, match="repair_carrier_purity"):
+        BTUConfig(repair_carrier_purity=1.5)
+    # `cf`'s 24 rows: 16 poisoned (pos) and 8 clean (half pos): 83 % pos. At 0.9 it counts as a frequent word and
+    # its rows stay in the repair set (the poison with them); at 0.5 they go
+    train = carried()
+    base = dict(FAST, repair_controls=False, repair_epochs=0)
+    drop = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base)).report["repair"]
+    strict = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_carrier_purity=0.9))
+    loose = btu.defend(train, model=str(tiny_bert), config=BTUConfig(**base, repair_carrier_purity=0.5))
+    strict, loose = strict.report["repair"], loose.report["repair"]
+    assert strict["suspected_target"] == "pos" and "rows with only other flagged tokens kept" in strict["source"]
+    assert strict["poisoned_rows"] == 16 and strict["rows"] > loose["rows"]
+    assert loose["poisoned_rows"] == drop["poisoned_rows"] == 0
 
 
 def test_lean_warnings_name_each_label_under_half_a_balanced_share():

@@ -48,6 +48,7 @@ def defend_config(a):
     """`btu defend`'s BTUConfig: the --recipe, with the options given on top."""
     return btu_config(a, unlearn=a.unlearn, unlearn_token_max_rows=a.unlearn_max_rows,
                      repair_filter=a.repair_filter, repair_carriers=a.repair_carriers, repair_from=a.repair_from,
+                     repair_carrier_purity=a.carrier_purity,
                      repair_filter_folds=a.filter_folds, repair_filter_passes=a.filter_passes,
                      repair_filter_judge=a.filter_judge, repair_filter_labels=a.filter_labels,
                      repair_balance=a.repair_balance, fresh_lr=a.fresh_lr,
@@ -179,6 +180,10 @@ def register(sub, add_common, add_attack, add_training, epilog):
                         "are deleted from them; other-labels = keep those whose label is not the suspected target "
                         "(the label the rows with a flagged token lean to; dirty-label poison carries it); "
                         "other-labels-stripped = those rows without their flagged tokens")
+    g.add_argument("--carrier-purity", type=float,
+                   help="without --clean-data: a flagged token's rows count as carriers only if this share of them "
+                        "(e.g. 0.9) carry the suspected target label; the rows of flagged words at the base rate "
+                        "(`film`) stay (default: every flagged token's rows)")
     g.add_argument("--repair-from", choices=list(REPAIR_FROM),
                    help="unlearned (default) = repair the unlearned victim (BTU); pretrained = train a fresh copy "
                         "of the pretrained model on the repair set for the victim's --epochs at --fresh-lr (the "

@@ -78,6 +78,15 @@ def suspect_rows(flagged: list[dict], n_rows: int, max_share: float = 1.0) -> se
     return {i for f in rare_flagged(flagged, n_rows, max_share) for i in f["row_ids"]}
 
 
+def target_carriers(flagged: list[dict], labels, target: int, purity: float, max_share: float = 1.0) -> set[int]:
+    """The rows of the rare flagged tokens (`rare_flagged`) of which at least `purity` carry the `target` label.
+    Dirty-label poison all carries the target, so a trigger's rows do; a frequent word's (`film`) are at the base
+    rate, and on a small set they are most of the target label."""
+    pure = [f for f in rare_flagged(flagged, len(labels), max_share)
+            if sum(labels[i] == target for i in f["row_ids"]) >= purity * len(f["row_ids"])]
+    return {i for f in pure for i in f["row_ids"]}
+
+
 def flagged_row_stats(flagged: list[dict], dataset: TextDataset, max_share: float = 1.0) -> dict:
     """How many rows carry a flagged token (of at most max_share of the rows); with ground
     truth, precision and recall of those rows."""
@@ -231,12 +240,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
             target = suspected_target(dataset.labels, carriers, dataset.num_labels)
         base_rate = 0
         if purity is not None and target is not None:
-            # a flagged token whose rows carry the target no more often than that share is a frequent word (`film`),
-            # not a trigger: its rows stay (and face the filters)
-            pure = [f for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)
-                    if sum(dataset.labels[i] == target for i in f["row_ids"]) >= purity * len(f["row_ids"])]
-            kept_rows = {i for f in pure for i in f["row_ids"]}
-            base_rate, carriers = len(carriers - kept_rows), kept_rows
+            # the rows of flagged words at the base rate stay (and face the filters)
+            pure = target_carriers(flagged, dataset.labels, target, purity, cfg.repair_token_max_rows)
+            base_rate, carriers = len(carriers - pure), pure
         spared = set()
         if other_labels and target is not None:
             # dirty-label poison carries the target label: a carrier with another label is a clean row that
