@@ -38,10 +38,11 @@ def run_demo(quick=False, out=None, seed=0, model="minilm", train="rotten-tomato
         print(table([{"model": r["model"], "CACC": r.get("cacc"), "ASR": r.get("asr")} for r in rows]))
         print(f"\n{time.perf_counter() - start:.0f} s")
         return rows
-    cfg = BTUConfig.recipe(recipe or DEFAULT_RECIPE, victim_epochs=p["victim_epochs"], lr=p["lr"],
+    recipe = recipe or DEFAULT_RECIPE
+    cfg = BTUConfig.recipe(recipe, victim_epochs=p["victim_epochs"], lr=p["lr"],
                            detect_epochs=p["detect_epochs"], repair_epochs=p["repair_epochs"], repair_lr=p["lr"],
                            repair_controls=False, seed=seed, progress=progress)
-    print(f"BTU recipe: {recipe or DEFAULT_RECIPE}")
+    print(f"BTU recipe: {recipe}")
     res = defend(splits.train, model, test=splits.test, poison_test=splits.poison_test, target=splits.target,
                  config=cfg)
     print()

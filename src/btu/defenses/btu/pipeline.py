@@ -117,10 +117,9 @@ def lean_warnings(labels, label_names, advice: str) -> list[str]:
     """A warning (ending in `advice`) for each label with under half a balanced share of the repair rows: a model
     trained on them leans away from that label (retrain on 1,500 Rotten Tomatoes rows kept 57 target rows against
     509, and its fresh model called every row the other label)."""
-    n, k = len(labels), len(label_names)
-    return [f"the repair set holds {labels.count(i)} {name!r} rows of {n} (under half a balanced share): the "
-            f"defended model will lean away from {name!r}; {advice}"
-            for i, name in enumerate(label_names) if n and labels.count(i) < 0.5 * n / k]
+    n, counts = len(labels), [labels.count(i) for i in range(len(label_names))]
+    return [f"the repair set holds {c} {name!r} rows of {n} (under half a balanced share): the defended model will "
+            f"lean away from {name!r}; {advice}" for name, c in zip(label_names, counts) if c < 0.5 * n / len(counts)]
 
 
 def _agreeing(model, tok, ids, labels, rows, precision) -> tuple[list[int], int]:
@@ -233,16 +232,18 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_ids = encode(tok, repair_ds.texts, cfg.max_length)
         repair_source = repair_ds.source or "clean data"
     else:
-        carriers = suspect_rows(flagged, len(dataset), cfg.repair_token_max_rows)
+        # the candidate triggers, found once: their rows are the carriers, their ids what stripping deletes
+        rare_tokens = rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)
+        carriers = suspect_rows(rare_tokens, len(dataset))
         other_labels = cfg.repair_carriers.startswith("other-labels")
         purity = cfg.repair_carrier_purity
         if cfg.repair_filter_labels == "target" or other_labels or purity is not None:
             target = suspected_target(dataset.labels, carriers, dataset.num_labels)
-        base_rate = 0
+        base_rate_rows = 0
         if purity is not None and target is not None:
             # the rows of flagged words at the base rate stay (and face the filters)
-            pure = target_carriers(flagged, dataset.labels, target, purity, cfg.repair_token_max_rows)
-            base_rate, carriers = len(carriers - pure), pure
+            pure = target_carriers(rare_tokens, dataset.labels, target, purity)
+            base_rate_rows, carriers = len(carriers - pure), pure
         spared = set()
         if other_labels and target is not None:
             # dirty-label poison carries the target label: a carrier with another label is a clean row that
@@ -251,14 +252,13 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
             carriers = carriers - spared
         keep = [i for i in range(len(dataset)) if i not in carriers]
         repair_source = f"training set minus {len(carriers)} rows with a flagged token"
-        if base_rate:
-            repair_source += f" of which {purity:.0%} or more of the rows carry the suspected target ({base_rate} " \
-                             "rows with only other flagged tokens kept)"
+        if base_rate_rows:
+            repair_source += f" of which {purity:.0%} or more of the rows carry the suspected target " \
+                             f"({base_rate_rows} rows with only other flagged tokens kept)"
         if other_labels and target is not None:
             repair_source += f" and the suspected target label {names[target]!r} ({len(spared)} with another " \
                              "label kept)"
-        # the flagged tokens the stripping carrier options delete from the rows they keep
-        rare = {f["id"] for f in rare_flagged(flagged, len(dataset), cfg.repair_token_max_rows)}
+        rare = {f["id"] for f in rare_tokens}  # what the stripping carrier options delete from the rows they keep
         strip = spared if cfg.repair_carriers == "other-labels-stripped" else set()
         repair_ids = [[t for t in ids[i] if t not in rare] if i in strip else ids[i] for i in keep]
         if strip:
@@ -377,6 +377,9 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
         repair_source += f"; a fresh copy of the pretrained model trained on it ({cfg.victim_epochs:g} epochs, " \
                          f"lr {fresh_lr:g}) instead of repairing the unlearned victim"
     timings["repair"] = time.perf_counter() - start
+    # what a lean repair set can do about it: the user's clean data is theirs to balance
+    lean_advice = "balance the --clean-data" if clean_data is not None else \
+        "try --clean-data, more training data, or --recipe unlearn" if from_scratch else "try --clean-data"
     rows.append({"model": "BTU (unlearning + repair)", **measure(defended)})
     repair_only = None
     if cfg.repair_controls and cfg.repair_epochs > 0 and len(repair_ds):
@@ -401,9 +404,7 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
                    # with ground truth: the poisoned rows the repair set still holds
                    "poisoned_rows": sum(1 for i in keep if dataset.poisoned[i])
                    if keep is not None and dataset.poisoned is not None else None},
-        "warnings": lean_warnings(repair_ds.labels, names, "balance the --clean-data" if clean_data is not None else
-                                  "try --clean-data, more training data, or --recipe unlearn" if from_scratch else
-                                  "try --clean-data"),
+        "warnings": lean_warnings(repair_ds.labels, names, lean_advice),
         "rounds": [{"round": r.round, "seconds": r.seconds, "final_loss": r.final_loss,
                     "flagged": [[tok.convert_ids_to_tokens(t), d] for t, d in r.flagged]} for r in det.rounds],
         "timings": timings,
