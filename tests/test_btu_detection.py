@@ -183,3 +183,38 @@ def test_score_option_changes_the_ranking_without_retraining(tiny_bert):
     assert rel.round(2).distances is base.round(2).distances
     counts = rel.round(2).counts
     assert all(counts[t] >= 5 for t, _ in rel.round(2).flagged)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_round_three_trains_on_the_rows_without_round_two_tokens(tiny_bert, monkeypatch):
+    """Capture what each round trains on: round 3's input_ids are round 2's rows with exactly round 2's
+    flagged tokens deleted (none of them left, every other token kept in order, no row dropped)."""
+    from btu.defenses.btu import detection
+
+    model, tok = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    ds = planted(96)
+    ids = encode(tok, ds.texts)
+    seen = {}
+    real_train = detection.train
+
+    def recording_train(model, tokenizer, input_ids=None, config=None, **kw):
+        seen[config.desc] = [list(row) for row in input_ids]
+        return real_train(model, tokenizer, input_ids=input_ids, config=config, **kw)
+
+    monkeypatch.setattr(detection, "train", recording_train)
+    cfg = BTUConfig(rounds=[2, 3], alpha=0.02, shallow_lr=5e-3, shallow_batch_size=16, progress=False)
+    det = detect(model, tok, ids, ds.labels, 2, cfg)
+    assert set(seen) == {"BTU detection round 2", "BTU detection round 3"}
+    r2_ids, r3_ids = seen["BTU detection round 2"], seen["BTU detection round 3"]
+    assert r2_ids == ids
+    removed = {t for t, _ in det.round(2).flagged}
+    assert len(removed) == flag_count(0.02, model.get_input_embeddings().weight.shape[0])
+    assert tok.convert_tokens_to_ids("cf") in removed  # the planted trigger's rows are among those that shrink
+    assert not removed & {t for row in r3_ids for t in row}
+    assert len(r3_ids) == len(ids)
+    shrunk = 0
+    for before, after in zip(ids, r3_ids):
+        assert len(after) == len(before) - sum(t in removed for t in before)
+        assert after == [t for t in before if t not in removed]
+        shrunk += len(after) < len(before)
+    assert shrunk >= sum(ds.poisoned)  # at least every `cf` row lost a token

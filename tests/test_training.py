@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import pytest
@@ -12,7 +13,12 @@ from btu.data import TextDataset
 from btu.errors import ConfigError
 from btu.models import load_classifier
 from btu.training import (
+    Batch,
+    CrossEntropy,
+    Distillation,
+    Objective,
     TrainConfig,
+    WeightedCrossEntropy,
     accuracy,
     attack_success_rate,
     balanced_class_weights,
@@ -24,6 +30,7 @@ from btu.training import (
 )
 from btu.training.batching import collate, encode, length_bucketed_batches
 from btu.training.loop import SparseEmbeddingGrad, distillation_loss, param_groups
+from btu.training.loop import balanced_class_weights as loop_balanced_class_weights
 
 NAMES = ["negative", "positive"]
 FILLER = "the movie was a film plot story actor scene it".split()
@@ -226,8 +233,8 @@ def test_training_with_teacher_logits_learns_the_teacher_not_the_labels(tiny_ber
     texts, labels = toy_task()
     teacher = torch.tensor([[4.0, -4.0] if y else [-4.0, 4.0] for y in labels])  # the opposite rule
     wrong = [0] * len(labels)  # labels that would teach a constant
-    cfg = fp32(epochs=8, batch_size=8, lr=5e-3, schedule="constant", distill_weight=1.0, distill_temperature=1.0)
-    train(model, tok, texts, wrong, cfg, teacher_logits=teacher)
+    cfg = fp32(epochs=8, batch_size=8, lr=5e-3, schedule="constant")
+    train(model, tok, texts, wrong, cfg, objective=Distillation(teacher, weight=1.0, temperature=1.0))
     new_texts, new_labels = toy_task(32, seed=1)
     assert accuracy(predict(model, tok, new_texts, precision="fp32"), [1 - y for y in new_labels]) >= 90.0
 
@@ -239,6 +246,7 @@ def test_balanced_class_weights_make_every_class_weigh_the_same():
     assert w == pytest.approx([4 / 6, 2.0])
     assert 3 * w[0] == pytest.approx(1 * w[1])  # each class's total weight is the same
     assert balanced_class_weights([1, 1, 2], 3) == pytest.approx([0.0, 0.75, 1.5])  # an absent class weighs 0
+    assert loop_balanced_class_weights is balanced_class_weights  # the old import path still works
 
 
 def test_class_weights_move_the_learned_prior_to_balanced(tiny_bert):
@@ -248,7 +256,8 @@ def test_class_weights_move_the_learned_prior_to_balanced(tiny_bert):
     probs = {}
     for name, weights in (("plain", None), ("balanced", balanced_class_weights(labels, 2))):
         model, tok = load(tiny_bert)
-        train(model, tok, texts, labels, fp32(epochs=6, batch_size=16, lr=3e-3, class_weights=weights))
+        objective = WeightedCrossEntropy(weights) if weights is not None else None
+        train(model, tok, texts, labels, fp32(epochs=6, batch_size=16, lr=3e-3), objective=objective)
         probs[name] = torch.softmax(predict_logits(model, tok, texts[:1], precision="fp32"), -1)[0, 1].item()
     assert probs["plain"] == pytest.approx(0.75, abs=0.07)
     assert probs["balanced"] == pytest.approx(0.5, abs=0.07)
@@ -257,18 +266,227 @@ def test_class_weights_move_the_learned_prior_to_balanced(tiny_bert):
 def test_class_weights_must_cover_every_label(tiny_bert):
     model, tok = load(tiny_bert)
     texts, labels = toy_task(8)
-    for bad in ([1.0], [1.0, -1.0]):
-        with pytest.raises(ConfigError, match="class_weights"):
-            train(model, tok, texts, labels, fp32(epochs=1, class_weights=bad))
+    with pytest.raises(ConfigError, match=r"class weights .* per label \(2\)"):
+        train(model, tok, texts, labels, fp32(epochs=1), objective=WeightedCrossEntropy([1.0]))
+    for bad in ([1.0, -1.0], []):
+        with pytest.raises(ConfigError, match="class weights"):
+            WeightedCrossEntropy(bad)
 
 
 def test_teacher_logits_must_match_the_rows(tiny_bert):
     model, tok = load(tiny_bert)
     texts, labels = toy_task(8)
     with pytest.raises(ConfigError, match="teacher_logits has 3 rows for 8"):
-        train(model, tok, texts, labels, fp32(epochs=1), teacher_logits=torch.zeros(3, 2))
-    with pytest.raises(ConfigError, match="distill_weight"):
-        train(model, tok, texts, labels, fp32(epochs=1, distill_weight=1.5), teacher_logits=torch.zeros(8, 2))
+        train(model, tok, texts, labels, fp32(epochs=1), objective=Distillation(torch.zeros(3, 2)))
+    for w, t in ((1.5, 2.0), (-0.1, 2.0), (0.5, 0.0)):
+        with pytest.raises(ConfigError, match="distillation weight"):
+            Distillation(torch.zeros(8, 2), weight=w, temperature=t)
+
+
+# --- objectives ------------------------------------------------------------------------------------
+
+class HFLabelsLoss(Objective):
+    """The loss as the loop computed it before objectives: the model's own, from labels= in its forward
+    (a forward pre-hook adds them, so the forward runs exactly where and how the loop runs it)."""
+
+    def setup(self, model, device, n_rows):
+        self.labels, self.kwargs = None, []
+        if not hasattr(self, "hook"):
+            self.hook = model.register_forward_pre_hook(self.add_labels, with_kwargs=True)
+
+    def add_labels(self, module, args, kwargs):
+        self.kwargs.append(sorted(kwargs))
+        return args, {**kwargs, "labels": self.labels}
+
+    def before_step(self, step, model, batch):
+        self.labels = batch.labels
+
+    def loss(self, outputs, batch):
+        return outputs.loss
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_default_objective_is_bit_for_bit_the_models_labels_loss(tiny_bert, precision):
+    """objective=None trains exactly the weights (and losses) that passing labels= to the model did.
+
+    bf16 runs under CPU autocast: a loss computed outside it, or in another reduction, differs here."""
+    texts, labels = toy_task(40)
+    runs = {}
+    for name in ("default", "hf"):
+        model, tok = load(tiny_bert)
+        objective = HFLabelsLoss() if name == "hf" else None
+        res = train(model, tok, texts, labels, fp32(epochs=2, batch_size=8, lr=2e-3, seed=4, precision=precision),
+                    objective=objective)
+        runs[name] = (params(model), res.losses)
+        if objective is not None:
+            objective.hook.remove()
+            assert objective.kwargs[0] == ["attention_mask", "input_ids"]  # the loop passes no labels= itself
+            assert len(objective.kwargs) == res.steps == 10
+    (pd, ld), (ph, lh) = runs["default"], runs["hf"]
+    assert ld == lh
+    start = params(load(tiny_bert)[0])
+    assert max((pd[k] - start[k]).abs().max().item() for k in pd) > 1e-3  # the weights really moved
+    for k in pd:
+        assert torch.equal(pd[k], ph[k]), k
+
+
+def test_objective_sees_every_row_once_per_epoch_and_per_row_loss(tiny_bert):
+    texts, labels = toy_task(20)
+    seen = []
+
+    class Recording(Objective):
+        def loss(self, outputs, batch):
+            per_row = batch.per_row_loss(outputs)
+            assert per_row is batch.per_row_loss(outputs)  # computed once
+            assert per_row.dtype == torch.float32 and per_row.shape == (len(batch.rows),)
+            want = torch.nn.functional.cross_entropy(outputs.logits.float(), batch.labels, reduction="none")
+            torch.testing.assert_close(per_row, want, rtol=0, atol=0)
+            seen.append((batch.step, batch.rows.tolist(), batch.labels.tolist(), batch.input_ids, batch.attention_mask))
+            return per_row.mean()
+
+    model, tok = load(tiny_bert)
+    res = train(model, tok, texts, labels, fp32(epochs=2, batch_size=8, lr=1e-3), objective=Recording())
+    assert res.steps == 6 and [s for s, *_ in seen] == list(range(6))
+    ids = encode(tok, texts, 128)
+    for s, rows, ys, x, mask in seen:
+        assert ys == [labels[i] for i in rows]
+        want_x, want_mask = collate([ids[i] for i in rows], tok.pad_token_id)
+        assert torch.equal(x, want_x) and torch.equal(mask, want_mask)
+    for epoch in range(2):  # 3 batches an epoch (8 + 8 + 4 rows)
+        flat = [i for _, rows, *_ in seen[3 * epoch: 3 * epoch + 3] for i in rows]
+        assert sorted(flat) == list(range(20))
+    assert seen[0][1] != seen[3][1]  # each epoch in its own order
+
+
+def test_objective_hooks_run_once_per_step_in_order(tiny_bert):
+    texts, labels = toy_task(16)
+    events = []
+
+    class Hooks(CrossEntropy):
+        def before_step(self, step, model, batch):
+            assert model.training and batch.step == step
+            events.append(("before", step))
+
+        def loss(self, outputs, batch):
+            events.append(("loss", batch.step))
+            return super().loss(outputs, batch)
+
+        def after_step(self, step, model, loss):
+            events.append(("after", step, loss))
+
+    model, tok = load(tiny_bert)
+    res = train(model, tok, texts, labels, fp32(epochs=1.5, batch_size=4, lr=1e-3), objective=Hooks(),
+                on_step=lambda step, m: events.append(("on_step", step)))
+    assert res.steps == 6
+    want = []
+    for s in range(6):
+        want += [("before", s), ("loss", s), ("after", s, res.losses[s]), ("on_step", s + 1)]
+    assert events == want
+
+
+def test_objective_parameters_are_trained(tiny_bert):
+    """An extra scalar in the loss (here a learnable temperature on the logits) is updated with the model."""
+    texts, labels = toy_task(32)
+
+    class LearnedScale(Objective):
+        def setup(self, model, device, n_rows):
+            self.log_scale = torch.zeros((), device=device, requires_grad=True)
+
+        def parameters(self):
+            return [self.log_scale]
+
+        def loss(self, outputs, batch):
+            logits = outputs.logits.float() * self.log_scale.exp()
+            return torch.nn.functional.cross_entropy(logits, batch.labels)
+
+    for trainable in ("all", "head"):
+        model, tok = load(tiny_bert)
+        objective = LearnedScale()
+        train(model, tok, texts, labels, fp32(epochs=2, batch_size=8, lr=1e-2, trainable=trainable,
+                                               schedule="constant"), objective=objective)
+        assert abs(objective.log_scale.item()) > 1e-3  # AdamW moved it (up to lr a step)
+        assert objective.log_scale.grad is None  # zeroed after the last step like the model's gradients
+
+
+def test_objective_can_ask_for_hidden_states(tiny_bert):
+    texts, labels = toy_task(16)
+    got = []
+
+    class HiddenPenalty(Objective):
+        output_hidden_states = True
+
+        def loss(self, outputs, batch):
+            got.append(None if outputs.hidden_states is None else len(outputs.hidden_states))
+            last = outputs.hidden_states[-1]
+            assert last.shape[:2] == batch.input_ids.shape
+            return torch.nn.functional.cross_entropy(outputs.logits, batch.labels) + 0.1 * last.pow(2).mean()
+
+    class Plain(CrossEntropy):
+        def loss(self, outputs, batch):
+            got.append(outputs.hidden_states)
+            return super().loss(outputs, batch)
+
+    model, tok = load(tiny_bert)
+    train(model, tok, texts, labels, fp32(epochs=1, batch_size=8, lr=1e-3), objective=HiddenPenalty())
+    assert got == [3, 3]  # embeddings + 2 layers, every step
+    got.clear()
+    train(model, tok, texts, labels, fp32(epochs=1, batch_size=8, lr=1e-3), objective=Plain())
+    assert got == [None, None]  # not asked: not computed
+
+
+def test_gradient_ascent_objective_raises_the_loss_on_its_rows(tiny_bert):
+    """ABL-style: descend on most rows, ascend (negated loss) on isolated ones, of both labels."""
+    texts, labels = toy_task(64)
+    ascend = torch.tensor([i % 8 in (0, 1) for i in range(64)])
+
+    class Ascent(Objective):
+        def loss(self, outputs, batch):
+            per_row = batch.per_row_loss(outputs)
+            sign = torch.where(ascend[batch.rows].to(per_row.device), -1.0, 1.0)
+            return (sign * per_row).mean()
+
+    after = {}
+    for name, objective in (("plain", None), ("ascent", Ascent())):
+        model, tok = load(tiny_bert)
+        res = train(model, tok, texts, labels, fp32(epochs=5, batch_size=8, lr=5e-3, schedule="constant"),
+                    objective=objective)
+        assert res.steps == 40 and all(math.isfinite(x) for x in res.losses)
+        logits = predict_logits(model, tok, texts, precision="fp32")
+        after[name] = torch.nn.functional.cross_entropy(logits, torch.tensor(labels), reduction="none")
+    # plain training fits every row (CE ~0.01); the ascended rows stop it fitting them (CE ~0.69)
+    assert after["plain"][ascend].mean() < 0.1
+    assert after["ascent"][ascend].mean() > after["plain"][ascend].mean() + 0.3
+
+
+class FakeOut:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+def test_weighted_and_distillation_objectives_compute_the_documented_losses():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(6, 3), torch.randn(10, 3)
+    rows = torch.tensor([1, 4, 5, 7, 8, 9])
+    y = torch.tensor([0, 2, 1, 1, 0, 2])
+    batch = Batch(rows=rows, input_ids=torch.zeros(6, 4, dtype=torch.long),
+                  attention_mask=torch.ones(6, 4, dtype=torch.long), labels=y, step=0)
+    model = type("M", (), {"config": type("C", (), {"num_labels": 3, "problem_type": None})()})()
+    weighted = WeightedCrossEntropy([1.0, 2.0, 0.5])
+    weighted.setup(model, torch.device("cpu"), 10)
+    w = torch.tensor([1.0, 2.0, 0.5])
+    want = (w[y] * torch.nn.functional.cross_entropy(logits, y, reduction="none")).sum() / w[y].sum()
+    torch.testing.assert_close(weighted.loss(FakeOut(logits), batch), want)
+    dist = Distillation(teacher, weight=0.3, temperature=2.0, base=weighted)
+    dist.setup(model, torch.device("cpu"), 10)
+    torch.testing.assert_close(dist.loss(FakeOut(logits), batch),
+                               distillation_loss(logits, want, teacher[rows], 0.3, 2.0))
+    plain = CrossEntropy()
+    plain.setup(model, torch.device("cpu"), 10)
+    assert model.config.problem_type == "single_label_classification"  # as HF's forward with labels= set it
+    torch.testing.assert_close(plain.loss(FakeOut(logits), batch), torch.nn.functional.cross_entropy(logits, y))
+    with pytest.raises(NotImplementedError):
+        Objective().loss(FakeOut(logits), batch)
+    assert Objective().parameters() == []
 
 
 def test_trainable_embeddings_changes_only_the_word_embeddings(tiny_bert):

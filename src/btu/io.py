@@ -39,3 +39,20 @@ def replace_dir(tmp_dir, final_dir) -> None:
     os.replace(tmp_dir, final_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_out_dir(path) -> Path:
+    """Fail before any work if `path` cannot become an output folder (an existing file, or not writable)."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path}: is an existing file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".btu-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot write there ({e.strerror or e})") from None
+    return path

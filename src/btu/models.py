@@ -219,3 +219,21 @@ def save_model(model, tokenizer, folder) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, folder)
+
+
+def check_compatible(model, tokenizer, base, base_tokenizer, label_names, what: str = "the model") -> None:
+    """Refuse a trained model (a --victim) that does not fit the data and --model: other label names, another
+    vocabulary or hidden size would give a raw RuntimeError later, or a silently wrong score."""
+    names = model_label_names(model)
+    if [str(n) for n in label_names] != names:
+        raise ModelError(f"{what}: its labels {names} differ from the data's {[str(n) for n in label_names]}")
+    got, want = model.get_input_embeddings().weight.shape, base.get_input_embeddings().weight.shape
+    if got[0] != want[0]:
+        raise ModelError(f"{what}: its vocabulary has {got[0]} rows, the --model's {want[0]}; give the model it was "
+                         "trained from as --model")
+    if got[1] != want[1]:
+        raise ModelError(f"{what}: its hidden size is {got[1]}, the --model's {want[1]}; give the model it was "
+                         "trained from as --model")
+    if tokenizer is not None and tokenizer.get_vocab() != base_tokenizer.get_vocab():
+        raise ModelError(f"{what}: its tokenizer's vocabulary differs from the --model's; give the model it was "
+                         "trained from as --model")

@@ -1,6 +1,9 @@
-"""Defenses, registered by name and stage."""
+"""Defenses: classes registered by name, each a composition of stages (data / train / post / input), run by
+one runner (`run_defense`)."""
 
-from .base import DEFENSES, STAGES, get_defense, register_defense
-from .btu import pipeline as _btu  # noqa: F401  (registers "btu")
+from .base import DEFENSES, NEEDS, STAGES, Defense, FilterResult, Guard, get_defense, register, stage_of
+from .btu import defense as _btu  # noqa: F401  (registers "btu" and "btu-detect")
+from .runner import RunSettings, run_defense
 
-__all__ = ["DEFENSES", "STAGES", "get_defense", "register_defense"]
+__all__ = ["DEFENSES", "NEEDS", "STAGES", "Defense", "FilterResult", "Guard", "RunSettings", "get_defense",
+           "register", "run_defense", "stage_of"]

@@ -2,6 +2,7 @@
 
 Dynamic padding over length-bucketed batches, a choosable set of trainable parameters,
 AdamW (paper defaults: batch 32, lr 2e-5), optional bf16 autocast, CPU or CUDA, seeded.
+What it minimises is an `Objective` (objectives.py; cross-entropy by default).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import ConfigError
 from .allocator import keep_freed_memory
 from .batching import collate, encode, length_bucketed_batches
 from .dropout import fast_dropout
+from .objectives import Batch, CrossEntropy, Objective, balanced_class_weights, distillation_loss  # noqa: F401
 from .seeding import seed_everything
 
 TRAINABLE_CHOICES = ("all", "embeddings", "head")
@@ -68,11 +70,6 @@ class TrainConfig:
     trainable: str | list = "all"  # all | embeddings (word embeddings only) | head | [name substrings]
     precision: str = "auto"  # auto (bf16 where the hardware has it) | bf16 | fp32
     fast_dropout: bool = True  # CPU dropout masks from numpy's PCG64 (training/dropout.py)
-    # with teacher_logits: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student) at temperature T
-    distill_weight: float = 0.5
-    distill_temperature: float = 2.0
-    # per-class weights of the cross-entropy (None: unweighted); see `balanced_class_weights`
-    class_weights: list | None = None
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -129,14 +126,14 @@ def param_groups(model, params, cfg: TrainConfig) -> list[dict]:
 
 
 def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None = None, input_ids=None,
-          on_step=None, optimizer=None, teacher_logits=None) -> TrainResult:
-    """Fine-tune `model` in place on (texts or pre-tokenized input_ids, labels).
+          on_step=None, optimizer=None, objective: Objective | None = None) -> TrainResult:
+    """Fine-tune `model` in place on (texts or pre-tokenized input_ids, labels), minimising `objective`
+    (CrossEntropy() by default; WeightedCrossEntropy, Distillation or a defense's own: see objectives.py).
 
     on_step(step, model) runs after every optimizer step (BTU records embedding distances).
-    teacher_logits (rows x classes): distil from them as well as learn the labels
-    (cfg.distill_weight, cfg.distill_temperature); computed once, so no teacher runs per step.
     """
     cfg = config or TrainConfig()
+    objective = objective if objective is not None else CrossEntropy()
     if input_ids is None:
         input_ids = encode(tokenizer, texts, cfg.max_length)
     input_ids = [x[: cfg.max_length] for x in input_ids]
@@ -149,10 +146,12 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     model.to(device)
     model.train()
     params = set_trainable(model, cfg.trainable)
+    objective.setup(model, device, len(input_ids))
+    extra = list(objective.parameters())
     if optimizer is None:
+        groups = param_groups(model, params, cfg) + ([{"params": extra, "lr": cfg.lr}] if extra else [])
         # fused: one kernel for all parameters; the per-tensor loop cost ~160 ms a step on 2 CPU cores
-        optimizer = torch.optim.AdamW(param_groups(model, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                      fused=True)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     lengths = [len(x) for x in input_ids]
     n_batches = math.ceil(len(input_ids) / cfg.batch_size)
     total_steps = max(1, math.ceil(cfg.epochs * n_batches))
@@ -166,37 +165,24 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    sparse = SparseEmbeddingGrad(model, params)
+    sparse = SparseEmbeddingGrad(model, params + extra)  # one clipping norm over everything trained
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     side = getattr(tokenizer, "padding_side", "right")
     labels_t = torch.tensor(labels, dtype=torch.long)
-    class_weights = None
-    if cfg.class_weights is not None:
-        class_weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
-        if class_weights.dim() != 1 or labels_t.max().item() >= len(class_weights) or (class_weights < 0).any():
-            raise ConfigError(f"class_weights must hold one non-negative weight per label, not {cfg.class_weights}")
-    if teacher_logits is not None:
-        teacher_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
-        if teacher_logits.shape[0] != len(input_ids):
-            raise ConfigError(f"teacher_logits has {teacher_logits.shape[0]} rows for {len(input_ids)} training rows")
-        if not 0.0 <= cfg.distill_weight <= 1.0 or cfg.distill_temperature <= 0:
-            raise ConfigError("distill_weight must be in [0, 1] and distill_temperature > 0")
+    # only what the objective asks for: the default forward call stays the plain one
+    wants = {k: True for k in ("output_hidden_states", "output_attentions") if getattr(objective, k)}
     result = TrainResult()
     bar = _progress(total_steps, cfg)
 
-    def one_step(batch) -> float:
-        ids, mask = collate([input_ids[i] for i in batch], pad_id, padding_side=side)
-        y = labels_t[batch]
+    def one_step(rows) -> float:
+        ids, mask = collate([input_ids[i] for i in rows], pad_id, padding_side=side)
+        rows_t = torch.tensor(rows, dtype=torch.long)
+        batch = Batch(rows=rows_t, input_ids=ids.to(device), attention_mask=mask.to(device),
+                      labels=labels_t[rows_t].to(device), step=step)
+        objective.before_step(step, model, batch)
         with autocast(device, precision):
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                        labels=y.to(device) if class_weights is None else None)
-        if class_weights is None:
-            loss = out.loss
-        else:  # weighted mean over the batch (normalised by the weights' sum, as torch does)
-            loss = torch.nn.functional.cross_entropy(out.logits.float(), y.to(device), weight=class_weights)
-        if teacher_logits is not None:
-            loss = distillation_loss(out.logits.float(), loss.float(), teacher_logits[batch].to(device),
-                                     cfg.distill_weight, cfg.distill_temperature)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **wants)
+            loss = objective.loss(out, batch)  # inside the autocast, where HF computed its labels= loss
         if not torch.isfinite(loss):
             raise ConfigError(f"training diverged (loss {loss.item()}) at step {step}; lower --lr")
         loss.backward()
@@ -204,7 +190,9 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        value = loss.item()
+        objective.after_step(step, model, value)
+        return value
 
     def batches():
         """Epoch after epoch of length-bucketed batches, each epoch in its own seeded order."""
@@ -237,28 +225,6 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     for p in model.parameters():
         p.requires_grad_(True)
     return result
-
-
-def balanced_class_weights(labels, num_labels: int) -> list[float]:
-    """n / (k * n_c) per class c (k: the classes present): every class weighs the same in the loss.
-
-    Dirty-label poison relabels non-target rows as the target; a repair set that drops the poison is short of
-    exactly those rows, so a model trained on it leans to the target (its error on clean non-target rows, the
-    rows ASR is measured on, goes up). Balancing undoes that lean.
-    """
-    counts = [0] * num_labels
-    for y in labels:
-        counts[y] += 1
-    present = sum(1 for c in counts if c)
-    return [len(labels) / (present * c) if c else 0.0 for c in counts]
-
-
-def distillation_loss(student_logits, ce_loss, teacher_logits, weight: float, temperature: float):
-    """(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al.)."""
-    t = temperature
-    kl = torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, -1),
-                                    torch.log_softmax(teacher_logits / t, -1), reduction="batchmean", log_target=True)
-    return (1.0 - weight) * ce_loss + weight * t * t * kl
 
 
 class SparseEmbeddingGrad:
