@@ -10,7 +10,7 @@ from test_btu_detection import planted
 
 import btu
 from btu.cli import main
-from btu.defenses import DEFENSES, get_defense
+from btu.defenses import DEFENSES, get_defense, stage_of
 from btu.defenses.btu import BTUConfig
 from btu.defenses.btu.pipeline import flagged_row_stats, rows_containing, suspected_target
 from btu.errors import ConfigError
@@ -24,9 +24,14 @@ FAST = dict(alpha=0.01, detect_lr=5e-3, shallow_lr=5e-3, lr=5e-3, repair_lr=1e-3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_btu_is_a_registered_train_stage_defense():
-    assert DEFENSES["btu"]["stage"] == "train"
-    assert get_defense("btu")["config"] is BTUConfig
+def test_btu_is_registered_with_its_stages_and_options():
+    from btu.defenses.btu.config import BTUOptions
+
+    assert DEFENSES["btu"] is get_defense("btu") and get_defense("btu").Options is BTUOptions
+    assert stage_of(get_defense("btu")) == "data+post" and stage_of(get_defense("btu-detect")) == "data"
+    # the retrain preset is what it is: BTU's detection as a data filter, then ordinary training on the kept rows
+    retrain = get_defense("btu")(BTUOptions.recipe("retrain"))
+    assert [s for s, _ in retrain.steps()] == ["data"]
     with pytest.raises(ConfigError):
         get_defense("nope")
 
@@ -48,7 +53,6 @@ def test_config_validation_and_round_trip(tmp_path):
 
 def test_recipes_set_their_options_and_given_options_win():
     from btu.cli import build_parser
-    from btu.defenses.btu.cli import defend_config
     from btu.defenses.btu.config import DEFAULT_RECIPE
 
     retrain = BTUConfig.recipe("retrain", alpha=0.1)
@@ -60,17 +64,22 @@ def test_recipes_set_their_options_and_given_options_win():
         BTUConfig.recipe("paper2")
 
     def parsed(*extra):
-        return defend_config(build_parser().parse_args(["defend", "--train", "t.tsv", "--out", "o", *extra]))
+        from btu.defenses.cli import resolve
 
-    # `btu defend` runs the default recipe, unlearn: BTUConfig() (the paper's BTU)
-    assert DEFAULT_RECIPE == "unlearn" and parsed() == BTUConfig(progress=True)
-    assert parsed("--recipe", "retrain") == BTUConfig.recipe("retrain")
+        cls, opts, preset = resolve(build_parser().parse_args(["defend", "--train", "t.tsv", "--out", "o", *extra]),
+                                    "btu")
+        return opts
+
+    # `btu defend` runs the default recipe, unlearn: BTUOptions() (the paper's BTU)
+    assert DEFAULT_RECIPE == "unlearn" and parsed() == BTUConfig().options()
+    assert parsed("--recipe", "retrain") == BTUConfig.recipe("retrain").options()
     # an option given on the command line overrides the recipe's value; the others keep it
-    mixed = parsed("--recipe", "retrain", "--filter-judge", "both", "--filter-labels", "all", "--fresh-lr", "5e-5")
+    mixed = parsed("--recipe", "retrain", "--set", "repair_filter_judge=both", "--set", "repair_filter_labels=all",
+                   "--set", "fresh_lr=5e-5")
     assert (mixed.repair_filter_judge, mixed.repair_filter_labels, mixed.fresh_lr) == ("both", "all", 5e-5)
     assert (mixed.repair_from, mixed.repair_filter) == ("pretrained", "agree+crossfit")
-    assert parsed("--carrier-purity", "0.9").repair_carrier_purity == 0.9
-    assert parsed("--repair-from", "pretrained").repair_filter == "none"
+    assert parsed("--set", "repair_carrier_purity=0.9").repair_carrier_purity == 0.9
+    assert parsed("--set", "repair_from=pretrained").repair_filter == "none"
 
 
 def test_rows_containing_and_row_stats():
@@ -138,18 +147,19 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
     data = write_tsv(tmp_path / "train.tsv", planted(100, seed=1))
     out = tmp_path / "out"
     rc = main(["defend", "--train", str(data), "--test", str(data), "--model", str(tiny_bert), "--out", str(out),
-               "--epochs", "1", "--lr", "5e-3", "--alpha", "0.01", "--detect-lr", "5e-3", "--shallow-lr", "5e-3",
-               "--repair-epochs", "1", "--repair-filter", "crossfit", "--filter-folds", "3",
-               "--repair-carriers", "readmit", "--filter-judge", "both", "--repair-from", "pretrained",
-               "--repair-balance", "balanced", "--filter-labels", "target", "--no-progress"])
+               "--epochs", "1", "--lr", "5e-3", "--set", "alpha=0.01", "--set", "detect_lr=5e-3",
+               "--set", "shallow_lr=5e-3", "--set", "repair_epochs=1", "--set", "repair_filter=crossfit",
+               "--set", "repair_filter_folds=3", "--set", "repair_carriers=readmit", "--set",
+               "repair_filter_judge=both", "--set", "repair_from=pretrained", "--set", "repair_balance=balanced",
+               "--set", "repair_filter_labels=target", "--no-progress"])
     assert rc == 0
     for f in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "report.json", "report.md",
-              "btu_config.json", "distances.safetensors"):
+              "config.json", "distances.safetensors"):
         assert (out / f).exists(), f
     report = json.loads((out / "report.json").read_text())
     assert len(report["rows"]) == 4 and report["flagged"] and isinstance(report["warnings"], list)
     assert "## Flagged tokens" in (out / "report.md").read_text()
-    saved = json.loads((out / "btu_config.json").read_text())
+    saved = json.loads((out / "config.json").read_text())["options"]
     assert saved["alpha"] == 0.01 and saved["repair_filter"] == "crossfit" and saved["repair_filter_folds"] == 3
     assert "3 folds" in report["repair"]["source"] and saved["repair_carriers"] == "readmit"
     assert "put back without their flagged tokens" in report["repair"]["source"]
@@ -169,9 +179,9 @@ def test_scan_cli_lists_tokens_precision_recall_and_exports(tmp_path, tiny_bert,
     ds = planted(150, seed=1)
     data = write_tsv(tmp_path / "train.tsv", ds)
     clean = tmp_path / "clean.tsv"
-    rc = main(["scan", "--train", str(data), "--model", str(tiny_bert), "--alpha", "0.01", "--shallow-lr", "5e-3",
-               "--detect-lr", "5e-3", "--export-clean", str(clean), "--out", str(tmp_path / "scan"),
-               "--no-progress"])
+    rc = main(["scan", "--train", str(data), "--model", str(tiny_bert), "--set", "alpha=0.01", "--set",
+               "shallow_lr=5e-3", "--set", "detect_lr=5e-3", "--export-clean", str(clean), "--out",
+               str(tmp_path / "scan"), "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "cf" in printed and "precision" in printed and "recall" in printed

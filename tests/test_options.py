@@ -95,11 +95,36 @@ def test_out_of_range_and_not_allowed_values_name_the_option():
         BTUOptions(repair_distill_weight=1.5)
     with pytest.raises(ConfigError, match="option repair_distill_temperature: must be > 0"):
         BTUOptions(repair_distill_temperature=0)
-    with pytest.raises(ConfigError, match="option repair_filter_passes: must be >= 1"):
+    with pytest.raises(ConfigError, match="repair_filter_folds and repair_filter_passes: .* not 2 and 0"):
         BTUOptions(repair_filter_passes=0)
     # an int is a float, and a tuple a list
     t = Toy(alpha=1, rounds=(2, 1))
     assert isinstance(t.alpha, float) and t.rounds == [2, 1]
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(repair_filter_judge="victim"), "repair_filter_judge"),
+    (dict(repair_filter="crossfit", repair_filter_folds=1), "repair_filter_folds"),
+    (dict(repair_filter="crossfit", repair_filter_passes=0), "repair_filter_folds"),
+    (dict(repair_filter_labels="neg"), "repair_filter_labels"),
+    (dict(repair_carrier_purity=1.5), "repair_carrier_purity"),
+    (dict(repair_carrier_purity=0.0), "repair_carrier_purity"),
+    (dict(repair_carriers="keep"), "repair_carriers"),
+    (dict(repair_from="victim"), "repair_from"),
+    (dict(fresh_lr=0.0), "fresh_lr"),
+    (dict(repair_balance="prior"), "repair_balance"),
+    (dict(repair_teacher="victim", repair_distill_weight=2.0), "repair_distill_weight"),
+    (dict(repair_teacher="teacher"), "repair_teacher"),
+    (dict(threshold="median"), "threshold"),
+    (dict(alpha=0), "alpha"),
+    (dict(rounds=[4]), "rounds"),
+    (dict(rounds=[3]), "rounds"),
+])
+def test_btu_config_errors_name_the_option(kw, name):
+    with pytest.raises(ConfigError, match=name):
+        BTUConfig(**kw)
+    with pytest.raises(ConfigError, match=name):
+        BTUOptions(**kw)
 
 
 def test_btu_cross_field_checks_name_the_option():
@@ -131,7 +156,8 @@ def test_config_files_yaml_toml_json(tmp_path):
     want = {"alpha": 0.1, "rounds": [1, 2], "repair_filter": "agree", "fresh_lr": 1e-4, "shallow_masked_pooling": False}
     files = {
         "c.yaml": "alpha: 0.1\nrounds: [1, 2]\nrepair_filter: agree\nfresh_lr: 1e-4\nshallow_masked_pooling: false\n",
-        "c.toml": 'alpha = 0.1\nrounds = [1, 2]\nrepair_filter = "agree"\nfresh_lr = 1e-4\nshallow_masked_pooling = false\n',
+        "c.toml": 'alpha = 0.1\nrounds = [1, 2]\nrepair_filter = "agree"\nfresh_lr = 1e-4\n'
+                  'shallow_masked_pooling = false\n',
         "c.json": json.dumps(want),
     }
     for name, text in files.items():
@@ -141,8 +167,10 @@ def test_config_files_yaml_toml_json(tmp_path):
         assert (opts.alpha, opts.rounds, opts.repair_filter, opts.fresh_lr, opts.shallow_masked_pooling) == \
             (0.1, [1, 2], "agree", 1e-4, False)
     # the options under `options`, beside the defense and a preset
-    nested = _write(tmp_path, "n.yml", "defense: btu\npreset: retrain\noptions:\n  alpha: 0.2\n  shallow_pad_to: null\n")
-    assert load_config_file(nested) == ({"alpha": 0.2, "shallow_pad_to": None}, {"defense": "btu", "preset": "retrain"})
+    nested = _write(tmp_path, "n.yml",
+                    "defense: btu\npreset: retrain\noptions:\n  alpha: 0.2\n  shallow_pad_to: null\n")
+    assert load_config_file(nested) == ({"alpha": 0.2, "shallow_pad_to": None},
+                                        {"defense": "btu", "preset": "retrain"})
     # TOML has no null: `none` stands for it where the option may be None
     values, _ = load_config_file(_write(tmp_path, "none.toml", 'repair_embedding_lr = "none"\n'))
     assert build_options(BTUOptions, file_values=values).repair_embedding_lr is None
@@ -168,7 +196,7 @@ def test_config_file_errors_name_the_file_and_the_key(tmp_path):
     # unreadable files
     with pytest.raises(ConfigError, match="missing.yaml: no such config file"):
         load_config_file(tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML: .*\(line 2, column 1\)$"):
         load_config_file(_write(tmp_path, "bad.yaml", "alpha: [1,\n"))
     with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
         load_config_file(_write(tmp_path, "bad.toml", "alpha = \n"))

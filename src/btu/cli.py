@@ -19,18 +19,18 @@ EPILOG = ("Data sources: a file (.tsv/.csv/.jsonl), a folder of train/dev/test f
 def add_common(p, out_required=False, train_required=False):
     g = p.add_argument_group("data and model")
     g.add_argument("--train", required=train_required, default=None if train_required else "rotten-tomatoes",
-                   help="training data (default: rotten-tomatoes)")
-    g.add_argument("--dev", help="dev data (default: the training source's dev split, if any)")
-    g.add_argument("--test", help="clean test data for CACC (default: the training source's test split)")
-    g.add_argument("--poison-test", help="where the ASR rows come from (default: the test set; for synbkd/"
-                                         "stylebkd a file with the paraphrase column)")
-    g.add_argument("--text-column", help="name of the text column (default: sentence, text, ...)")
-    g.add_argument("--label-column", help="name of the label column (default: label, category, ...)")
-    g.add_argument("--limit", type=int, help="use a seeded random subset of this many training rows")
+                   metavar="SRC", help="training data (default: rotten-tomatoes)")
+    g.add_argument("--dev", metavar="SRC", help="dev data (default: the training source's dev split, if any)")
+    g.add_argument("--test", metavar="SRC", help="clean test data for CACC (default: the training source's test split)")
+    g.add_argument("--poison-test", metavar="SRC", help="the ASR rows' source (default: the test set; synbkd/"
+                                                        "stylebkd: a file with the paraphrase column)")
+    g.add_argument("--text-column", metavar="NAME", help="the text column (default: sentence, text, ...)")
+    g.add_argument("--label-column", metavar="NAME", help="the label column (default: label, category, ...)")
+    g.add_argument("--limit", type=int, metavar="N", help="a seeded random subset of N training rows")
     g.add_argument("--model", default="minilm", help="hub name, local folder or alias (default: minilm)")
     g.add_argument("--allow-pickle", action="store_true", help="allow loading pickled (.bin) weights")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run")
-    g.add_argument("--out", required=out_required, help="output folder")
+    g.add_argument("--out", required=out_required, metavar="DIR", help="output folder")
     g.add_argument("--seed", type=int, default=0, help="seed for poisoning, shuffling and initialisation (default 0)")
 
 
@@ -38,27 +38,28 @@ def add_attack(p, required=False):
     g = p.add_argument_group("attack")
     from .attacks import ATTACKS
 
-    g.add_argument("--attack", required=required, choices=sorted(ATTACKS),
-                   help="poison the training set (and build the ASR test rows) with this attack")
+    g.add_argument("--attack", required=required, choices=sorted(ATTACKS), metavar="NAME",
+                   help=f"poison the training set and build the ASR rows: {', '.join(sorted(ATTACKS))}")
     g.add_argument("--rate", type=float, default=0.1, help="poison rate, a fraction of the training set (default 0.1)")
     g.add_argument("--target", default=None,
-                   help="target label, by name or index (default: the target of a `btu attack` folder, else 1)")
-    g.add_argument("--label-policy", choices=["dirty", "clean"], default="dirty", help="default: dirty")
-    g.add_argument("--triggers", nargs="+", help="addword: trigger words (default: cf mn bb tq)")
-    g.add_argument("--insertions", type=int, help="addword: trigger insertions per row (default 1)")
+                   help="target label, by name or index (default: a `btu attack` folder's, else 1)")
+    g.add_argument("--label-policy", choices=["dirty", "clean"], default="dirty", help="dirty (default) | clean")
+    g.add_argument("--triggers", nargs="+", metavar="WORD", help="addword: trigger words (default: cf mn bb tq)")
+    g.add_argument("--insertions", type=int, metavar="N", help="addword: trigger insertions per row (default 1)")
     g.add_argument("--sentence", help="addsent: the trigger sentence (default: 'I watched a 3D movie')")
-    g.add_argument("--column", help="synbkd/stylebkd: the paraphrase column (default: syntactic / style)")
+    g.add_argument("--column", metavar="NAME", help="synbkd/stylebkd: the paraphrase column (syntactic / style)")
 
 
-def add_training(p, epochs=3.0):
+def add_training(p, epochs=3.0, trainable=True):
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=float, default=epochs, help=f"default {epochs:g}")
-    g.add_argument("--batch-size", type=int, default=32, help="default 32")
+    g.add_argument("--epochs", type=float, default=epochs, metavar="N", help=f"default {epochs:g}")
+    g.add_argument("--batch-size", type=int, default=32, metavar="N", help="default 32")
     g.add_argument("--lr", type=float, default=2e-5, help="default 2e-5")
-    g.add_argument("--max-length", type=int, default=128, help="tokens per row (default 128)")
+    g.add_argument("--max-length", type=int, default=128, metavar="N", help="tokens per row (default 128)")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast where the hardware supports it (default)")
-    g.add_argument("--trainable", default="all", help="all | embeddings | head (default all)")
+                   help="auto (default): bf16 autocast where the hardware has it | bf16 | fp32")
+    if trainable:
+        g.add_argument("--trainable", default="all", help="all | embeddings | head (default all)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -143,8 +144,27 @@ def cmd_demo(a):
              with_btu=not a.no_btu, recipe=a.recipe)
 
 
+class Compact(argparse.HelpFormatter):
+    """One line per option where the terminal allows: `btu defend --help` fits on one screen."""
+
+    def __init__(self, prog):
+        import shutil
+
+        super().__init__(prog, max_help_position=26, width=max(100, min(shutil.get_terminal_size().columns, 130)))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a hint when an unknown --flag names a defense option (those are set with --set)."""
+
+    def error(self, message):
+        from .defenses.cli import option_hint
+
+        hint = option_hint(message)
+        super().error(message + (f"; {hint}" if hint else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="btu", description="Backdoor Token Unlearning: poison, train, defend, "
+    p = Parser(prog="btu", description="Backdoor Token Unlearning: poison, train, defend, "
                                 "evaluate text classifiers.", epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"btu {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -183,10 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     from .defenses.btu.config import DEFAULT_RECIPE, RECIPES
+    from .demo import describe_settings
 
     s = sub.add_parser("demo", help="poison Rotten Tomatoes, train a victim, defend with BTU, compare",
-                       description="The whole story on the defaults: Rotten Tomatoes, MiniLM, addword at 10%%. "
-                       "Under 10 minutes on a 2-core CPU; --quick under 2.")
+                       description="The whole story in minutes: Rotten Tomatoes, MiniLM, addword at 10%%, BTU's "
+                       "recipe with shorter training than `btu defend`'s defaults: " + describe_settings(False)
+                       .replace("%", "%%") + "; --quick: " + describe_settings(True).replace("%", "%%") +
+                       ". Under 10 minutes on a 2-core CPU; --quick under 2.")
     s.add_argument("--quick", action="store_true", help="a small subset and short training (under 2 minutes)")
     s.add_argument("--train", default="rotten-tomatoes", help="data source (default rotten-tomatoes)")
     s.add_argument("--model", default="minilm")
@@ -198,12 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_demo)
 
-    try:
-        from .defenses.btu import cli as btu_cli
+    from .defenses import cli as defenses_cli
 
-        btu_cli.register(sub, add_common, add_attack, add_training, EPILOG)
-    except ImportError:
-        pass
+    defenses_cli.register(sub, add_common, add_attack, add_training, EPILOG)
     return p
 
 
@@ -219,6 +239,12 @@ def main(argv=None) -> int:
     except BtuError as e:
         print(f"btu {a.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `btu defenses | head`
+        sys.stderr.close()
+        return 0
+    except OSError as e:  # the disk, the file system, the network: not a bug, and no traceback
+        print(f"btu {a.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

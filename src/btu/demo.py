@@ -1,7 +1,8 @@
-"""`btu demo`: the whole story on the defaults, in minutes on a laptop CPU.
+"""`btu demo`: the whole story in minutes on a laptop CPU.
 
 Poison Rotten Tomatoes with BadNets (addword, 10 %), train a MiniLM victim, defend with
-BTU, and print no defense vs BTU side by side with the flagged tokens.
+BTU, and print no defense vs BTU side by side with the flagged tokens. The training is
+shorter than `btu defend`'s defaults (FULL, QUICK), and the demo says so.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from .report import table
 
 FULL = {"limit": 6000, "victim_epochs": 1.0, "lr": 5e-5, "detect_epochs": 1.0, "repair_epochs": 0.5}
 QUICK = {"limit": 1500, "victim_epochs": 2.0, "lr": 5e-5, "detect_epochs": 1.0, "repair_epochs": 0.5}
+
+
+def describe_settings(quick: bool) -> str:
+    """What the demo trains, against `btu defend`'s defaults (3 victim epochs at lr 2e-5, repair 1 epoch)."""
+    p = QUICK if quick else FULL
+    return (f"{p['limit']:,} training rows, victim {p['victim_epochs']:g} epoch(s) at lr {p['lr']:g}, detection "
+            f"{p['detect_epochs']:g} epoch per round, repair {p['repair_epochs']:g} epoch at lr {p['lr']:g}, no "
+            "repair-only control")
 
 
 def run_demo(quick=False, out=None, seed=0, model="minilm", train="rotten-tomatoes", progress=True, with_btu=True,
@@ -31,6 +40,7 @@ def run_demo(quick=False, out=None, seed=0, model="minilm", train="rotten-tomato
     print(f"btu demo: {train}, {len(splits.train)} training rows, addword (triggers cf mn bb tq) on {n_p} rows "
           f"(10 %), target {splits.train.label_names[splits.target]!r}; model {model}"
           f"{' (quick)' if quick else ''}")
+    print(f"shorter training than `btu defend`'s defaults: {describe_settings(quick)}")
     if not with_btu:
         tcfg = TrainConfig(epochs=p["victim_epochs"], lr=p["lr"], seed=seed, progress=progress, desc="victim")
         m, tok, res = train_model(splits, model, tcfg)

@@ -118,6 +118,10 @@ class Defense:
         """What the CLI prints after the results table."""
         return ""
 
+    def save(self, result, out) -> list[str]:
+        """Write the defense's own files into `out` beside the common ones; returns their names."""
+        return []
+
 
 def register(cls: type[Defense]) -> type[Defense]:
     """Class decorator: make `cls` reachable by its name from the runner, the CLI and grid files."""

@@ -408,7 +408,10 @@ def load_config_file(path) -> tuple[dict, dict]:
         try:
             data = yaml.load(text, Loader=_yaml_loader())
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {_one_line(e)}") from None
+            mark = getattr(e, "problem_mark", None)
+            what = f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and \
+                getattr(e, "problem", None) else _one_line(e)
+            raise ConfigError(f"{path}: not valid YAML: {what}") from None
         if data is None:
             data = {}
     elif ext == ".toml":

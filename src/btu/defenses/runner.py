@@ -17,7 +17,7 @@ from ..errors import ConfigError, ModelError
 from ..training import TrainConfig, evaluate, predict, train
 from ..training.batching import encode
 from ..training.seeding import seed_everything
-from .base import NEEDS, Defense, FilterResult, Guard, default_options, get_defense
+from .base import DEFENSES, NEEDS, Defense, FilterResult, Guard, default_options, get_defense
 
 
 @dataclass
@@ -253,6 +253,41 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
     if out is not None:
         write_outputs(result, Path(out))
     return result
+
+
+def run_filter(name: str, train, model: str = "minilm", options=None, preset: str | None = None,
+               settings: RunSettings | None = None, clean_data=None, victim=None, allow_pickle=False,
+               trust_remote_code=False, artifacts: dict | None = None) -> DefenseResult:
+    """Run only a data-stage defense's steps (`btu scan`): the kept rows and a suspicion score per row, in
+    `result.state.filter`; no training after them, no test sets."""
+    cls = get_defense(name)
+    opts = resolve_options(cls, options, preset)
+    settings = settings or RunSettings()
+    defense = cls(opts)
+    steps = defense.steps()
+    if any(stage != "data" for stage, _ in steps):
+        data_stage = ", ".join(n for n, c in sorted(DEFENSES.items())
+                               if all(s == "data" for s, _ in c(default_options(c)).steps()))
+        raise ConfigError(f"defense {name!r} is not a data-stage defense (its stages: "
+                          f"{'+'.join(s for s, _ in steps)}); scan runs one of: {data_stage}")
+    check_needs(defense, clean_data)
+    ctx = Context(_as_dataset(train, "train"), model, settings, clean_data=clean_data, victim=victim,
+                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, artifacts=artifacts)
+    state = RunState()
+    for stage, method in steps:
+        with ctx.timed(f"stage_{stage}"):
+            state.filter = method(ctx, state)
+    report = {"defense": defense.name, "preset": preset or defense.default_preset, "stages": ["data"],
+              "metrics": {"filter": filter_metrics(state.filter, ctx.train)}, **defense.report(ctx, state),
+              "timings": dict(ctx.timings), "data": {"train": ctx.train.source, "rows": len(ctx.train)},
+              "options": _options_dict(defense.options), "settings": asdict(settings)}
+    return DefenseResult(None, ctx.tokenizer, report, opts, settings, context=ctx, state=state)
+
+
+def _options_dict(opts) -> dict:
+    from .options import to_dict
+
+    return to_dict(opts)
 
 
 def train_on_kept(ctx: Context, kept: FilterResult, overrides: dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -346,6 +347,25 @@ class _BTUBase(Defense):
         from .report import btu_sections
 
         return btu_sections(report)
+
+    def console(self, report: dict) -> str:
+        from .report import flagged_table
+
+        lines = [flagged_table(report.get("flagged", []))]
+        fr = report.get("flagged_rows") or {}
+        if fr:
+            lines.append(f"\n{fr['flagged_rows']} of {fr['rows']} training rows carry a flagged token (tokens in more "
+                         f"than {fr['max_share']:.0%} of rows do not count).")
+        if fr.get("precision") is not None:
+            lines.append(f"Against the ground-truth poison flags: precision {fr['precision']:.1f} %, recall "
+                         f"{fr['recall']:.1f} % ({fr['true_positives']} of {fr['poisoned_rows']} poisoned rows).")
+        return "\n".join(lines)
+
+    def save(self, result, out) -> list[str]:
+        from .pipeline import save_distances
+
+        save_distances(result.state.notes["btu"].detection, Path(out) / "distances.safetensors")
+        return ["distances.safetensors (each round's distances, for Figure 1)"]
 
 
 @register
