@@ -40,6 +40,7 @@ from btu.training import TrainConfig, train
 ds = load_source("rotten-tomatoes", "train")
 keep = sorted(random.Random(0).sample(range(len(ds)), min(rows, len(ds))))  # both labels (the split is sorted)
 ds = ds.subset(keep)
+torch.manual_seed(0)  # the new classifier head: the same in both workers
 base, tok = load_classifier(model_spec, label_names=["neg", "pos"])
 print(json.dumps({"ready": True, "btu": btu.__file__, "rows": len(ds)}), flush=True)
 for line in sys.stdin:

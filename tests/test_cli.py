@@ -18,8 +18,10 @@ HELP_FLAGS = {
               "--allow-pickle", "--no-progress", "--out", "--seed"],
     "evaluate": ["--model", "--test", "--poison-test", "--attack", "--out"],
     "demo": ["--quick", "--train", "--model", "--out", "--no-btu"],
-    "defend": ["--train", "--model", "--out", "--rounds", "--alpha"],
-    "scan": ["--train", "--model", "--export-clean"],
+    "defend": ["--train", "--model", "--out", "--defense", "--recipe", "--set", "--config", "--clean-data",
+               "--victim", "--dev", "--epochs"],
+    "scan": ["--train", "--model", "--export-clean", "--defense", "--set", "--allow-pickle", "--trust-remote-code"],
+    "defenses": ["show"],
 }
 
 
@@ -36,6 +38,23 @@ def test_help_exits_0_and_mentions_the_key_flags(command, capsys):
     assert out.startswith("usage: btu" + (f" {command}" if command else ""))
     for flag in HELP_FLAGS[command]:
         assert flag in out, f"{flag} missing from `btu {command or ''} --help`"
+
+
+def test_defend_help_fits_on_one_screen_and_takes_no_ignored_flag(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    with pytest.raises(SystemExit):
+        main(["defend", "--help"])
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) <= 60
+    # --trainable was accepted and ignored by defend: it is gone (train keeps it)
+    assert "--trainable" not in out
+
+
+def test_an_old_option_flag_points_at_set(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["defend", "--train", "t.tsv", "--out", "o", "--alpha", "0.1"])
+    assert info.value.code == 2
+    assert "--set alpha=VALUE" in capsys.readouterr().err
 
 
 def test_version(capsys):

@@ -63,6 +63,9 @@ class Defense:
     default_preset: str | None = None
     result_name: str | None = None  # the defended model's row in the report (default: the name)
     stage: str = ""  # a one-step defense's stage; a composition overrides steps() instead
+    # options that make one run take seconds on a tiny random model: the registry's contract test runs each
+    # defense with them (on top of the default preset)
+    quick_options: dict = {}
 
     def __init__(self, options):
         self.options = options

@@ -59,10 +59,10 @@ def cmd_defend(a):
     from .report import metrics_lines, result_table
     from .runner import check_needs, run_defense, write_outputs
 
-    out = check_out_dir(a.out)
     cls, opts, preset = resolve(a, "btu")
     defense = cls(opts)
     check_needs(defense, a.clean_data)
+    out = check_out_dir(a.out)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
     res = run_defense(cls.name, splits.train, a.model, options=opts, preset=preset, settings=settings_from(a),
                       clean_data=a.clean_data, dev=splits.dev, test=splits.test, poison_test=splits.poison_test,
@@ -90,10 +90,10 @@ def cmd_scan(a):
     from .report import markdown_report, metrics_lines
     from .runner import check_needs, run_filter
 
-    out = check_out_dir(a.out) if a.out else None
     cls, opts, preset = resolve(a, "btu-detect")
     defense = cls(opts)
     check_needs(defense, a.clean_data)
+    out = check_out_dir(a.out) if a.out else None
     data = data_config(a)
     data.dev = data.test = None
     splits = load_splits(data, a.seed)

@@ -72,6 +72,8 @@ class Context:
         self.input_ids = encode(self.tokenizer, train.texts, settings.max_length)
         self._victim_spec = victim
         self._victim = None
+        if victim is not None:  # checked against the data and --model before any training
+            self.victim()
 
     def pretrained(self):
         """A fresh copy of the pretrained model (with the run's seeded head)."""

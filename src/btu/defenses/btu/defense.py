@@ -316,6 +316,8 @@ class _BTUBase(Defense):
     Options = BTUOptions
     presets = RECIPES
     default_preset = DEFAULT_RECIPE
+    quick_options = dict(alpha=0.01, detect_lr=5e-3, shallow_lr=5e-3, repair_lr=1e-3, detect_batch_size=16,
+                         shallow_batch_size=16)
 
     def __init__(self, options):
         super().__init__(options)
