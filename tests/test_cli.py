@@ -186,3 +186,16 @@ def test_train_with_attack_in_one_go_learns_the_backdoor(tiny_bert, tmp_path):
     assert m["cacc"] >= 70
     config = json.loads((out / "config.json").read_text())
     assert config["attack"]["triggers"] == ["cf"] and config["attack"]["rate"] == 0.25
+
+
+def test_demo_says_what_it_trains(capsys):
+    """The demo trains less than `btu defend`'s defaults; its help and its first lines say how much."""
+    from btu.demo import FULL, QUICK, describe_settings
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for p, quick in ((FULL, False), (QUICK, True)):
+        text = describe_settings(quick)
+        assert f"{p['limit']:,} training rows" in text and f"at lr {p['lr']:g}" in text
+        assert text in out

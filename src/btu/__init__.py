@@ -10,4 +10,11 @@ def defend(*args, **kwargs):
     return _defend(*args, **kwargs)
 
 
-__all__ = ["defend", "__version__"]
+def run_defense(*args, **kwargs):
+    """Run any registered defense; see btu.defenses.runner.run_defense."""
+    from .defenses.runner import run_defense as _run
+
+    return _run(*args, **kwargs)
+
+
+__all__ = ["defend", "run_defense", "__version__"]

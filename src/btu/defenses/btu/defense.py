@@ -405,14 +405,19 @@ class BTU(_BTUBase):
         return defended
 
     def extra_rows(self, ctx, state):
-        return [("unlearning only", self.work(ctx, state).unlearned())]
+        unlearned = self.work(ctx, state).unlearned()
+        state.notes.setdefault("models", {})["unlearned"] = unlearned
+        return [("unlearning only", unlearned)]
 
     def controls(self, ctx, state):
+        """The victim repaired on the same rows without unlearning: BTU's effect apart from fine-tuning's."""
         work = self.work(ctx, state)
-        if not (work.cfg.repair_controls and work.cfg.repair_epochs > 0 and len(work.repair_ds)):
+        if not (work.cfg.repair_controls and ctx.settings.controls and work.cfg.repair_epochs > 0
+                and len(work.repair_ds)):
             return []
         with ctx.timed("repair_only_control"):
             work.repair_only = work.repair(ctx.victim(), "control: repair only")
+        state.notes.setdefault("models", {})["repair_only"] = work.repair_only
         return [("repair only (no unlearning)", work.repair_only)]
 
 
