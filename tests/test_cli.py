@@ -199,3 +199,16 @@ def test_demo_says_what_it_trains(capsys):
         text = describe_settings(quick)
         assert f"{p['limit']:,} training rows" in text and f"at lr {p['lr']:g}" in text
         assert text in out
+
+
+def test_train_measures_the_dev_split_it_is_given(tiny_bert, tmp_path):
+    """--dev is read, not ignored: its CACC lands in metrics.json (choose on dev, report on test)."""
+    data = tmp_path / "data.tsv"
+    rows = ["sentence\tlabel"] + [f"{'good' if i % 2 else 'bad'} movie {i}\t{'positive' if i % 2 else 'negative'}"
+                                  for i in range(40)]
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["train", "--train", str(data), "--dev", str(data), "--test", str(data), "--model", str(tiny_bert),
+                 "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["dev_cacc"] <= 100 and metrics["dev_cacc"] == metrics["cacc"]  # the same rows

@@ -262,12 +262,19 @@ def test_user_errors_end_in_one_line_and_exit_2(tmp_path, tiny_bert, capsys):
         (base + ["--out", str(tmp_path / "o2"), "--victim", str(tmp_path / "missing")], "no such model folder"),
         (["scan", "--train", train, "--model", str(tiny_bert), "--defense", "btu"], "not a data-stage defense"),
         (["defenses", "show", "nope"], "unknown defense"),
+        # inputs a defense would ignore are refused, not parsed and dropped
+        (["scan", "--train", train, "--model", str(tiny_bert), "--epochs", "1"], "trains no victim"),
+        (["scan", "--train", train, "--model", str(tiny_bert), "--clean-data", train], "does not use clean data"),
+        (["scan", "--train", train, "--model", str(tiny_bert), "--victim", str(tiny_bert)], "uses no victim"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert "Traceback" not in err and len(err.splitlines()) == 1 and message in err, (argv, err)
     assert not (tmp_path / "o").exists()  # nothing was written before the options were checked
+    with pytest.raises(SystemExit) as info:  # scan measures nothing: no --dev, --test, --poison-test to ignore
+        main(["scan", "--train", train, "--dev", train])
+    assert info.value.code == 2 and "unrecognized arguments: --dev" in capsys.readouterr().err
 
 
 def test_config_files_set_options_and_set_wins(tmp_path, tiny_bert):

@@ -16,14 +16,19 @@ EPILOG = ("Data sources: a file (.tsv/.csv/.jsonl), a folder of train/dev/test f
           "Models: an alias (minilm, mpnet-base), a local folder or a Hugging Face hub name.")
 
 
-def add_common(p, out_required=False, train_required=False):
+def add_common(p, out_required=False, train_required=False, evaluation=True):
+    """The data and model flags; evaluation=False leaves out --dev, --test and --poison-test (a command that
+    measures nothing would parse and ignore them)."""
     g = p.add_argument_group("data and model")
     g.add_argument("--train", required=train_required, default=None if train_required else "rotten-tomatoes",
                    metavar="SRC", help="training data (default: rotten-tomatoes)")
-    g.add_argument("--dev", metavar="SRC", help="dev data (default: the training source's dev split, if any)")
-    g.add_argument("--test", metavar="SRC", help="clean test data for CACC (default: the training source's test split)")
-    g.add_argument("--poison-test", metavar="SRC", help="the ASR rows' source (default: the test set; synbkd/"
-                                                        "stylebkd: a file with the paraphrase column)")
+    if evaluation:
+        g.add_argument("--dev", metavar="SRC", help="dev data, for dev CACC (default: the training source's dev "
+                                                    "split, if any)")
+        g.add_argument("--test", metavar="SRC", help="clean test data for CACC (default: the training source's test "
+                                                     "split)")
+        g.add_argument("--poison-test", metavar="SRC", help="the ASR rows' source (default: the test set; synbkd/"
+                                                            "stylebkd: a file with the paraphrase column)")
     g.add_argument("--text-column", metavar="NAME", help="the text column (default: sentence, text, ...)")
     g.add_argument("--label-column", metavar="NAME", help="the label column (default: label, category, ...)")
     g.add_argument("--limit", type=int, metavar="N", help="a seeded random subset of N training rows")
@@ -66,7 +71,8 @@ def add_training(p, epochs=3.0, trainable=True):
 def data_config(a):
     from .experiment import DataConfig
 
-    return DataConfig(train=a.train, dev=a.dev, test=a.test, poison_test=a.poison_test,
+    return DataConfig(train=a.train, dev=getattr(a, "dev", None), test=getattr(a, "test", None),
+                      poison_test=getattr(a, "poison_test", None),
                       text_column=a.text_column, label_column=a.label_column, limit=a.limit)
 
 

@@ -144,7 +144,13 @@ def environment() -> dict:
 
 
 def evaluate_splits(model, tokenizer, splits: Splits, precision="auto") -> dict:
-    return evaluate(model, tokenizer, splits.test, splits.poison_test, splits.target, precision=precision)
+    """CACC and ASR on the test splits; dev CACC where there is a dev split (choose on dev, report on test)."""
+    out = evaluate(model, tokenizer, splits.test, splits.poison_test, splits.target, precision=precision)
+    if splits.dev is not None and splits.dev is not splits.test:
+        from .training import accuracy, predict
+
+        out["dev_cacc"] = accuracy(predict(model, tokenizer, splits.dev.texts, precision=precision), splits.dev.labels)
+    return out
 
 
 def train_model(splits: Splits, model_spec: str = DEFAULT_MODEL, tcfg: TrainConfig | None = None,

@@ -58,6 +58,7 @@ class Defense:
     name: str = ""
     summary: str = ""  # one line for `btu defenses`
     needs: frozenset = frozenset({"pretrained"})
+    uses_clean_data: bool = False  # clean data is optional but used (needed: put "clean_data" in needs)
     Options: type = None  # a dataclass (btu.defenses.options.Options)
     presets: dict = {}  # named bundles of options (recipes)
     default_preset: str | None = None

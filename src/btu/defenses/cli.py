@@ -61,7 +61,7 @@ def cmd_defend(a):
 
     cls, opts, preset = resolve(a, "btu")
     defense = cls(opts)
-    check_needs(defense, a.clean_data)
+    check_needs(defense, a.clean_data, a.victim)
     out = check_out_dir(a.out)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
     res = run_defense(cls.name, splits.train, a.model, options=opts, preset=preset, settings=settings_from(a),
@@ -84,6 +84,7 @@ def cmd_defend(a):
 
 def cmd_scan(a):
     from ..cli import attack_config, data_config
+    from ..errors import ConfigError
     from ..data import write_file
     from ..experiment import apply_attack, load_splits
     from ..io import atomic_write_json, check_out_dir
@@ -92,7 +93,14 @@ def cmd_scan(a):
 
     cls, opts, preset = resolve(a, "btu-detect")
     defense = cls(opts)
-    check_needs(defense, a.clean_data)
+    check_needs(defense, a.clean_data, a.victim)
+    if "victim" not in defense.required():
+        # the training flags set up the victim; a filter that never trains one would ignore them
+        given = [f"--{k.replace('_', '-')}" for k, d in (("epochs", 3.0), ("lr", 2e-5), ("batch_size", 32))
+                 if getattr(a, k) != d]
+        if given:
+            raise ConfigError(f"{' '.join(given)}: {cls.name} with these options trains no victim, so nothing would "
+                              "use them")
     out = check_out_dir(a.out) if a.out else None
     data = data_config(a)
     data.dev = data.test = None
@@ -180,7 +188,7 @@ def register(sub, add_common, add_attack, add_training, epilog):
                        "training set and prints what it found (btu-detect: the flagged tokens with their rounds and "
                        "carrier rows), the most suspicious rows and, with ground-truth 'poisoned' flags (a `btu "
                        "attack` folder, or --attack), the precision and recall of the removed rows.", epilog=epilog)
-    add_common(s, train_required=True)
+    add_common(s, train_required=True, evaluation=False)
     add_attack(s)
     add_training(s, epochs=3.0, trainable=False)
     add_defense_options(s, "default btu-detect")

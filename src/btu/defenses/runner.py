@@ -194,11 +194,15 @@ def resolve_options(cls: type[Defense], options=None, preset: str | None = None)
     return from_dict(cls.Options, {**to_dict(base), **options})
 
 
-def check_needs(defense: Defense, clean_data=None) -> None:
-    """Refuse, before any training, a run whose needs the caller cannot meet."""
+def check_needs(defense: Defense, clean_data=None, victim=None) -> None:
+    """Refuse, before any training, a run whose needs the caller cannot meet, and inputs it would ignore."""
     need = defense.required()
     if "clean_data" in need and clean_data is None:
         raise ConfigError(f"defense {defense.name!r} needs {NEEDS['clean_data']}")
+    if clean_data is not None and not (defense.uses_clean_data or "clean_data" in need):
+        raise ConfigError(f"--clean-data: defense {defense.name!r} does not use clean data")
+    if victim is not None and "victim" not in need:
+        raise ConfigError(f"--victim: defense {defense.name!r} with these options uses no victim")
     lm = getattr(defense.options, "lm", None)
     if "language_model" in need and not lm:
         raise ConfigError(f"defense {defense.name!r} needs {NEEDS['language_model']}")
@@ -223,7 +227,7 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
     opts = resolve_options(cls, options, preset)
     settings = settings or RunSettings()
     defense = cls(opts)
-    check_needs(defense, clean_data)
+    check_needs(defense, clean_data, victim)
     if out is not None:
         check_out_dir(out)
     dataset = _as_dataset(train, "train")
@@ -272,7 +276,7 @@ def run_filter(name: str, train, model: str = "minilm", options=None, preset: st
                                if all(s == "data" for s, _ in c(default_options(c)).steps()))
         raise ConfigError(f"defense {name!r} is not a data-stage defense (its stages: "
                           f"{'+'.join(s for s, _ in steps)}); scan runs one of: {data_stage}")
-    check_needs(defense, clean_data)
+    check_needs(defense, clean_data, victim)
     ctx = Context(_as_dataset(train, "train"), model, settings, clean_data=clean_data, victim=victim,
                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, artifacts=artifacts)
     state = RunState()

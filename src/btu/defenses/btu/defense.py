@@ -378,6 +378,7 @@ class BTU(_BTUBase):
     summary = ("Backdoor Token Unlearning: flag the tokens whose embeddings move fastest, unlearn them in the victim, "
                "repair (preset retrain: drop their rows and train a fresh model)")
     needs = frozenset({"pretrained", "victim"})
+    uses_clean_data = True  # the repair set (default: the training set minus the flagged rows)
     result_name = "BTU (unlearning + repair)"
 
     def steps(self):
