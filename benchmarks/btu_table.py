@@ -225,6 +225,11 @@ def cell_key(row: dict) -> tuple:
     return row["attack"], row["seed"], row["variant"], row["victim_epochs"], row.get("victim_lr", VICTIM_LR)
 
 
+def defended_key(name: str) -> str:
+    """The defended model's row under one key, whatever the preset calls it (retrain: a fresh model)."""
+    return "BTU (unlearning + repair)" if name.startswith("BTU (") else name
+
+
 def cached_training(folder: Path, base, tok, input_ids, labels, epochs, lr, seed, desc):
     """`base` fine-tuned like the victims (TrainConfig defaults, `epochs`, `lr`, `seed`) and saved in
     `folder`, or loaded from there; with the training seconds (stored beside it)."""
@@ -414,9 +419,9 @@ def main(argv=None):
                 rep = out.report
                 row = {"attack": name, "seed": seed, "variant": variant, "victim_epochs": a.victim_epochs,
                        "victim_lr": a.victim_lr,
-                       "model": a.model, "rows": {r["model"]: {"cacc": r.get("cacc"), "asr": r.get("asr"),
-                                                              "asr_no_trigger": r.get("asr_no_trigger")}
-                                                  for r in rep["rows"]},
+                       "model": a.model, "rows": {defended_key(r["model"]): {
+                           "cacc": r.get("cacc"), "asr": r.get("asr"), "asr_no_trigger": r.get("asr_no_trigger")}
+                           for r in rep["rows"]},
                        "flagged": [[f["token"], f["rows"], f["poisoned_rows"], sorted(f["rounds"])]
                                    for f in rep["flagged"]],
                        "trigger_ranks": trigger_ranks(det, tok, trig), "flagged_rows": rep["flagged_rows"],

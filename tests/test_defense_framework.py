@@ -106,7 +106,13 @@ def test_btu_on_the_runner_matches_the_old_pipeline(recipe, tiny_bert):
     res = run_defense("btu", train, str(tiny_bert), options=cfg.options(), settings=run_settings(cfg), test=test,
                       poison_test=ptest, target="pos")
     got = ref.summary(res.report, res.model)
-    assert [{k: r[k] for k in w} for r, w in zip(got["rows"], want["rows"])] == want["rows"]
+    # the numbers of every row; the names too, but for the defended model's under retrain, which now says what it is
+    assert [{k: r[k] for k in w if k != "model"} for r, w in zip(got["rows"], want["rows"])] == \
+        [{k: v for k, v in w.items() if k != "model"} for w in want["rows"]]
+    names = [r["model"] for r in want["rows"]]
+    if recipe == "retrain":
+        names[2] = "BTU (retrain: fresh model on the kept rows)"
+    assert [r["model"] for r in got["rows"]] == names
     assert [[i, rows, r] for i, rows, r in got["flagged"]] == want["flagged"]
     assert got["repair"] == want["repair"] and got["replaced_dims"] == want["replaced_dims"]
     for name, (s, a) in want["weights"].items():  # float order may differ across library builds
@@ -336,3 +342,19 @@ def test_defenses_lists_and_shows(capsys):
     for f in fields(get_defense("btu").Options):
         assert f"\n{f.name} " in out, f.name
     assert "retrain" in out and "repair_from=pretrained" in out
+
+
+def test_btu_detect_refuses_the_options_it_would_ignore_and_its_sanitize_preset_needs_the_victim():
+    from btu.defenses.btu.config import RECIPES
+    from btu.defenses.runner import resolve_options
+
+    cls = get_defense("btu-detect")
+    for name in ("repair_from", "repair_controls"):
+        value = "pretrained" if name == "repair_from" else False
+        with pytest.raises(ConfigError, match=f"option {name}: btu-detect does not use it"):
+            cls(resolve_options(cls, {name: value}))
+    rows, sanitize = cls(resolve_options(cls)), cls(resolve_options(cls, preset="sanitize"))
+    assert rows.required() == {"pretrained"} and sanitize.required() == {"pretrained", "victim"}
+    # the sanitize preset is the retrain recipe's filter: the same options, less the fresh model (always here)
+    assert {k: getattr(sanitize.options, k) for k in RECIPES["retrain"] if k != "repair_from"} == \
+        {k: v for k, v in RECIPES["retrain"].items() if k != "repair_from"}

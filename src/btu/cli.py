@@ -212,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import describe_settings
 
     s = sub.add_parser("demo", help="poison Rotten Tomatoes, train a victim, defend with BTU, compare",
-                       description="The whole story in minutes: Rotten Tomatoes, MiniLM, addword at 10%%, BTU's "
+                       description="The whole story in minutes: Rotten Tomatoes, MiniLM, addword at 10 %, BTU's "
                        "recipe with shorter training than `btu defend`'s defaults: " + describe_settings(False)
-                       .replace("%", "%%") + "; --quick: " + describe_settings(True).replace("%", "%%") +
+                       + "; --quick: " + describe_settings(True) +
                        ". Under 10 minutes on a 2-core CPU; --quick under 2.")
     s.add_argument("--quick", action="store_true", help="a small subset and short training (under 2 minutes)")
     s.add_argument("--train", default="rotten-tomatoes", help="data source (default rotten-tomatoes)")

@@ -215,6 +215,9 @@ def option_hint(message: str) -> str | None:
     if not m:
         return None
     flag = m.group(1)[2:].replace("-", "_")
+    renamed = {"unmasked_pooling": "shallow_masked_pooling=false"}  # old flags whose option reads the other way
+    if flag in renamed:
+        return f"a defense's options are set with --set: try --set {renamed[flag]} (`btu defenses show NAME`)"
     names = sorted({f.name for c in DEFENSES.values() for f in fields(c.Options)})
     exact = [n for n in names if n in (flag, f"repair_{flag}", f"shallow_{flag}")]
     close = exact or difflib.get_close_matches(flag, names, n=1, cutoff=0.75) or \

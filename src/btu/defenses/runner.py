@@ -341,8 +341,11 @@ def build_report(defense: Defense, ctx: Context, state: RunState, preset, extra:
     rows += [row(n, m) for n, m in defense.controls(ctx, state)]
     defended = next((r for r in rows if r["model"] == defended_name), {})
     metrics = {k: defended.get(k) for k in METRIC_KEYS}
+    if "dev_cacc" in defended:
+        metrics["dev_cacc"] = defended["dev_cacc"]
     if rows and rows[0]["model"] == "no defense":
-        metrics["no_defense"] = {k: rows[0].get(k) for k in METRIC_KEYS}
+        metrics["no_defense"] = {k: rows[0].get(k) for k in METRIC_KEYS + (("dev_cacc",) if "dev_cacc" in rows[0]
+                                                                          else ())}
     if state.filter is not None:
         metrics["filter"] = filter_metrics(state.filter, ctx.train)
     if "detector" in defended:

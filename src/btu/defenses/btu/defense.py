@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ConfigError
 from ...training import predict_logits, train
 from ...training.batching import encode
 from ...training.objectives import Distillation, WeightedCrossEntropy, balanced_class_weights
@@ -379,7 +380,10 @@ class BTU(_BTUBase):
                "repair (preset retrain: drop their rows and train a fresh model)")
     needs = frozenset({"pretrained", "victim"})
     uses_clean_data = True  # the repair set (default: the training set minus the flagged rows)
-    result_name = "BTU (unlearning + repair)"
+    @property
+    def result_name(self) -> str:
+        return "BTU (retrain: fresh model on the kept rows)" if self.options.repair_from == "pretrained" \
+            else "BTU (unlearning + repair)"
 
     def steps(self):
         if self.options.repair_from == "pretrained":
@@ -431,6 +435,18 @@ class BTUDetect(_BTUBase):
     summary = "BTU's detection as a data filter: drop the rows that carry a flagged token (then train on the rest)"
     stage = "data"
     result_name = "BTU filter + training"
+    # the retrain recipe's sanitizer: the rows the unlearned victim and out-of-fold judges dispute go too
+    presets = {"rows": {}, "sanitize": {k: v for k, v in RECIPES["retrain"].items() if k != "repair_from"}}
+    default_preset = "rows"
+    NOT_USED = {"repair_from": "it always trains a fresh model on the kept rows",
+                "repair_controls": "it trains no repair-only control"}
+
+    def __init__(self, options):
+        super().__init__(options)
+        defaults = BTUOptions()
+        for name, why in self.NOT_USED.items():
+            if getattr(options, name) != getattr(defaults, name):
+                raise ConfigError(f"option {name}: btu-detect does not use it ({why})")
 
     def required(self):
         return {"pretrained", "victim"} if self.uses_victim() else {"pretrained"}

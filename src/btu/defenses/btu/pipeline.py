@@ -152,7 +152,8 @@ def run_settings(cfg: BTUConfig):
 
 def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=None, target=None,
            config: BTUConfig | None = None, victim=None, keep_models: bool = False,
-           allow_pickle=False, trust_remote_code=False, detection: DetectionResult | None = None) -> BTUResult:
+           allow_pickle=False, trust_remote_code=False, detection: DetectionResult | None = None,
+           dev=None) -> BTUResult:
     """Train a clean classifier from possibly poisoned `train_data` with BTU: `run_defense("btu", ...)` with the
     options and settings of one BTUConfig.
 
@@ -162,14 +163,15 @@ def defend(train_data, model="minilm", clean_data=None, test=None, poison_test=N
     folder (or model object) to reuse instead of training one. Without clean_data, the repair
     set is the training set minus the rows that contain a flagged token (tokens in more than
     cfg.repair_token_max_rows of the rows are not treated as triggers there). detection: reuse
-    an earlier DetectionResult of the same data and model (ablations over stage 2). config=None runs the
-    DEFAULT_RECIPE (unlearn: BTUConfig(), the paper's BTU).
+    an earlier DetectionResult of the same data and model (ablations over stage 2). dev: a dev set, whose CACC
+    each report row then has (choose on dev). config=None runs the DEFAULT_RECIPE (unlearn: BTUConfig(), the
+    paper's BTU).
     """
     from ..runner import run_defense
 
     cfg = config or BTUConfig.recipe(DEFAULT_RECIPE)
     res = run_defense("btu", train_data, model, options=cfg.options(), settings=run_settings(cfg),
-                      clean_data=clean_data, test=test, poison_test=poison_test, target=target, victim=victim,
+                      clean_data=clean_data, dev=dev, test=test, poison_test=poison_test, target=target, victim=victim,
                       allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                       artifacts={"btu.detection": detection} if detection is not None else None)
     work = res.state.notes["btu"]
