@@ -414,13 +414,18 @@ def main(argv=None):
                 if repair_data == "oracle":
                     clean = oracle_repair_set(det, tok, ids, ptrain, cfg.repair_token_max_rows)
                 t0 = time.perf_counter()
-                out = defend(ptrain, a.model, clean_data=clean, test=test, poison_test=ptest, target=1, config=cfg,
+                # SST-2 dev, the split that chooses (never for the paraphrase attacks: their ASR rows are dev's,
+                # and never when it is the repair set)
+                dev = clean_sets["dev"] if name not in ASR_FROM_DEV and repair_data != "dev" else None
+                out = defend(ptrain, a.model, clean_data=clean, dev=dev, test=test, poison_test=ptest, target=1,
+                             config=cfg,
                              victim=copy.deepcopy(victim), detection=det)
                 rep = out.report
                 row = {"attack": name, "seed": seed, "variant": variant, "victim_epochs": a.victim_epochs,
                        "victim_lr": a.victim_lr,
                        "model": a.model, "rows": {defended_key(r["model"]): {
-                           "cacc": r.get("cacc"), "asr": r.get("asr"), "asr_no_trigger": r.get("asr_no_trigger")}
+                           "cacc": r.get("cacc"), "asr": r.get("asr"), "asr_no_trigger": r.get("asr_no_trigger"),
+                           "dev_cacc": r.get("dev_cacc")}
                            for r in rep["rows"]},
                        "flagged": [[f["token"], f["rows"], f["poisoned_rows"], sorted(f["rounds"])]
                                    for f in rep["flagged"]],
