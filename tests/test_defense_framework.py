@@ -124,10 +124,6 @@ def test_btu_on_the_runner_matches_the_old_pipeline(recipe, tiny_bert):
 # the composition, needs and guards, on defenses made for the test
 
 
-class _NoOptions:
-    pass
-
-
 def _options_cls():
     from dataclasses import dataclass
 
@@ -284,8 +280,8 @@ def test_user_errors_end_in_one_line_and_exit_2(tmp_path, tiny_bert, capsys):
 
 
 def test_config_files_set_options_and_set_wins(tmp_path, tiny_bert):
-    from btu.defenses.cli import resolve
     from btu.cli import build_parser
+    from btu.defenses.cli import resolve
 
     (tmp_path / "c.yaml").write_text("defense: btu\npreset: retrain\noptions:\n  alpha: 0.2\n  fresh_lr: 1e-4\n")
     (tmp_path / "c.toml").write_text("alpha = 0.3\nrounds = [1, 2]\n")

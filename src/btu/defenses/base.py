@@ -7,11 +7,11 @@ train  poisoned (or kept) train set + pretrained model -> trained model (`fit(ct
 post   trained model + a little clean data -> repaired model           (`repair(ctx, state, model)`)
 input  trained model -> a guard that corrects or rejects inputs         (`guard(ctx, state, model)`)
 
-(`steps()`: a one-step defense sets `stage`), what it **needs** (clean data, a language model, the pretrained weights, a victim), and an
-**options dataclass** holding its hyperparameters and nothing else. The runner composes the
-steps: a defense whose last step is a data step is followed by ordinary training on the kept
-rows, written once in the runner; a post or input step without a model before it gets the
-victim, trained once per run. Adding a defense is one module and one `@register`.
+(`steps()`; a one-step defense sets `stage`), what it **needs** (clean data, a language model, the
+pretrained weights, a victim), and an **options dataclass** holding its hyperparameters and nothing
+else. The runner composes the steps: a defense whose last step is a data step is followed by ordinary
+training on the kept rows, written once in the runner; a post or input step without a model before it
+gets the victim, trained once per run. Adding a defense is one module and one `@register`.
 """
 
 from __future__ import annotations

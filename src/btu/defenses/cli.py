@@ -84,8 +84,8 @@ def cmd_defend(a):
 
 def cmd_scan(a):
     from ..cli import attack_config, data_config
-    from ..errors import ConfigError
     from ..data import write_file
+    from ..errors import ConfigError
     from ..experiment import apply_attack, load_splits
     from ..io import atomic_write_json, check_out_dir
     from .report import markdown_report, metrics_lines

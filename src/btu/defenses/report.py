@@ -37,8 +37,9 @@ def metrics_lines(metrics: dict) -> list[str]:
 def markdown_report(report: dict, title: str = "Defense report", sections: str = "") -> str:
     lines = [f"# {title}", ""]
     if report.get("defense"):
-        lines += [f"Defense: `{report['defense']}`" + (f" (preset `{report['preset']}`)" if report.get("preset") else "")
-                  + (f", stages {' → '.join(report['stages'])}" if report.get("stages") else "") + "."]
+        preset = f" (preset `{report['preset']}`)" if report.get("preset") else ""
+        stages = f", stages {' → '.join(report['stages'])}" if report.get("stages") else ""
+        lines += [f"Defense: `{report['defense']}`{preset}{stages}."]
     d = report.get("data", {})
     if d:
         lines += [f"Training data: `{d.get('train')}` ({d.get('rows')} rows)."]

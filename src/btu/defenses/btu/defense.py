@@ -23,7 +23,7 @@ from ..base import Defense, FilterResult, register
 from .config import DEFAULT_RECIPE, RECIPES, BTUConfig, BTUOptions
 from .detection import detect
 from .pipeline import (
-    _agreeing,
+    agreeing,
     describe_flagged,
     flagged_row_stats,
     lean_warnings,
@@ -120,7 +120,7 @@ class BTUWork:
         than the suspected target, with repair_filter_labels=target); and how many it drops."""
         positions = list(positions)
         judged = [i for i in positions if self.filter_target is None or self.repair_ds.labels[i] == self.filter_target]
-        kept = set(_agreeing(model, self.ctx.tokenizer, self.repair_ids, self.repair_ds.labels, judged,
+        kept = set(agreeing(model, self.ctx.tokenizer, self.repair_ids, self.repair_ds.labels, judged,
                              self.cfg.precision)[0])
         kept |= set(positions) - set(judged)
         return sorted(kept), len(positions) - len(kept)
@@ -206,7 +206,7 @@ class BTUWork:
                 # once its trigger is gone, reads against its label: the unlearned model tells them apart
                 cand = sorted(carriers)
                 stripped = [[t for t in ids[i] if t not in rare] for i in cand]
-                back, _ = _agreeing(self.unlearned(), tok, stripped, [dataset.labels[i] for i in cand],
+                back, _ = agreeing(self.unlearned(), tok, stripped, [dataset.labels[i] for i in cand],
                                     range(len(cand)), cfg.precision)
                 self.readmitted = len(back)
                 self.stripped |= set(range(len(keep), len(keep) + len(back)))

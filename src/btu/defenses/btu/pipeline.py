@@ -114,7 +114,7 @@ def lean_warnings(labels, label_names, advice: str) -> list[str]:
             f"lean away from {name!r}; {advice}" for name, c in zip(label_names, counts) if c < 0.5 * n / len(counts)]
 
 
-def _agreeing(model, tok, ids, labels, rows, precision) -> tuple[list[int], int]:
+def agreeing(model, tok, ids, labels, rows, precision) -> tuple[list[int], int]:
     """The rows (indices into ids/labels) whose label `model` predicts, and how many it disputes."""
     rows = list(rows)
     preds = predict(model, tok, input_ids=[ids[i] for i in rows], precision=precision)

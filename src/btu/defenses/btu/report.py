@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ...report import table
 from ..report import markdown_report as _markdown_report
-from ..report import result_table, write_report as _write_report
+from ..report import result_table
+from ..report import write_report as _write_report
 
 __all__ = ["result_table", "flagged_table", "btu_sections", "markdown_report", "write_report"]
 
