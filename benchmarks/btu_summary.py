@@ -72,6 +72,26 @@ def _clean_reference(main, clean) -> list[str]:
     return out
 
 
+def _dev_cacc(results) -> list[str]:
+    """Dev CACC (SST-2 dev; the split that chooses) of no defense and of the defended model, where measured."""
+    groups = defaultdict(list)
+    for r in results:
+        if r["rows"].get("BTU (unlearning + repair)", {}).get("dev_cacc") is not None:
+            groups[(r["variant"], r["attack"])].append(r)
+    if not groups:
+        return []
+    out = ["", "## Dev CACC (SST-2 dev, 872 rows: the split that chooses), mean over seeds", "",
+           "| variant | attack | seeds | no defense dev CACC | defended dev CACC | defended test CACC |",
+           "|---|---|---|---:|---:|---:|"]
+    for (variant, attack), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        out.append(f"| {variant} | {attack} | {','.join(str(r['seed']) for r in rs)} | "
+                   f"{_ms([r['rows']['no defense']['dev_cacc'] for r in rs])} | "
+                   f"{_ms([r['rows']['BTU (unlearning + repair)']['dev_cacc'] for r in rs])} | "
+                   f"{_ms([r['rows']['BTU (unlearning + repair)']['cacc'] for r in rs])} |")
+    return out
+
+
 def summarize(results: list[dict]) -> str:
     out = []
     main = [r for r in results if r["variant"] == "BTU"]
@@ -129,6 +149,7 @@ def summarize(results: list[dict]) -> str:
                        f"{'-' if floor is None else f'{floor:.2f}'} | {u['cacc']:.2f} | "
                        f"{u['asr']:.2f} | {len(r['flagged'])} | {r['repair']['rows']} |")
         out += _paired_means(main, abl)
+    out += _dev_cacc(results)
 
     out += ["", "## Cost (seconds, same run)", "",
             "| attack | seed | victim epoch | detection | detection / epoch | rounds 1/2/3 | BTU after victim "
