@@ -6,6 +6,7 @@ import random
 import pytest
 
 import btu
+import btu.errors
 from btu.data import TextDataset
 from btu.defenses.btu import BTUConfig
 
@@ -64,3 +65,22 @@ def test_btu_removes_a_learned_backdoor(tiny_bert):
     # it is the unlearning that does it: unlearning alone removes it, the repair alone keeps most of it
     assert unlearned["asr"] <= victim["asr"] / 2
     assert repair_only["asr"] >= victim["asr"] / 2
+
+
+
+@pytest.mark.integration
+def test_btu_removes_a_learned_backdoor_from_real_minilm_on_real_reviews():
+    """Real MiniLM on 1,500 real Rotten Tomatoes rows, BadNets at 10 % (`btu demo --quick`): the victim learns the
+    backdoor, and BTU takes the ASR down to near the rate a model without it shows (its ASR without trigger)."""
+    from btu.demo import run_demo
+    from btu.models import resolve_model
+
+    try:
+        resolve_model("minilm")
+    except btu.errors.ModelError as e:
+        pytest.skip(str(e))
+    rows = {r["model"]: r for r in run_demo(quick=True, progress=False)}
+    victim, defended = rows["no defense"], rows["BTU (unlearning + repair)"]
+    assert victim["asr"] >= 70, victim  # the backdoor is learned
+    assert defended["asr"] <= victim["asr"] / 2 and defended["asr"] <= defended["asr_no_trigger"] + 10, defended
+    assert defended["cacc"] >= victim["cacc"] - 3, defended
