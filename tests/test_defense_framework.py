@@ -340,6 +340,13 @@ def test_defenses_lists_and_shows(capsys):
     assert "retrain" in out and "repair_from=pretrained" in out
 
 
+def test_options_of_a_subclass_are_refused_not_half_read(tiny_bert):
+    from btu.defenses.btu import BTUConfig
+
+    with pytest.raises(ConfigError, match="BTUConfig"):
+        run_defense("btu", small()[0], str(tiny_bert), options=BTUConfig(victim_epochs=1))
+
+
 def test_btu_detect_refuses_the_options_it_would_ignore_and_its_sanitize_preset_needs_the_victim():
     from btu.defenses.btu.config import RECIPES
     from btu.defenses.runner import resolve_options

@@ -181,8 +181,12 @@ class DefenseResult:
 def resolve_options(cls: type[Defense], options=None, preset: str | None = None):
     """An options instance from None (the default preset), a preset name, a dict (on top of the preset) or an
     instance of the defense's Options."""
-    if isinstance(options, cls.Options):
+    if type(options) is cls.Options:
         return options
+    if isinstance(options, cls.Options):  # e.g. a BTUConfig, which also holds run settings
+        raise ConfigError(f"{cls.name}: options must be a {cls.Options.__name__}, not a {type(options).__name__} "
+                          "(its extra fields would be ignored); for a BTUConfig, use btu.defend or pass "
+                          "cfg.options() and RunSettings")
     base = default_options(cls, preset)
     if options is None:
         return base
