@@ -361,3 +361,19 @@ def test_btu_detect_refuses_the_options_it_would_ignore_and_its_sanitize_preset_
     # the sanitize preset is the retrain recipe's filter: the same options, less the fresh model (always here)
     assert {k: getattr(sanitize.options, k) for k in RECIPES["retrain"] if k != "repair_from"} == \
         {k: v for k, v in RECIPES["retrain"].items() if k != "repair_from"}
+
+
+def test_a_given_victim_is_the_no_defense_model_of_a_defense_that_uses_none(tiny_bert, tmp_path):
+    from btu.models import load_classifier, save_model
+
+    train, test, ptest = small()
+    model, tok = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    save_model(model, tok, tmp_path / "victim")
+    cls = get_defense("btu-detect")
+    res = run_defense("btu-detect", train, str(tiny_bert), options=quick(cls), settings=QUICK, test=test,
+                      poison_test=ptest, target="pos", victim=str(tmp_path / "victim"))
+    assert res.report["rows"][0]["model"] == "no defense" and res.report["timings"]["victim_training"] == 0.0
+    no_controls = RunSettings(epochs=1, batch_size=16, lr=5e-3, progress=False, controls=False)
+    with pytest.raises(ConfigError, match="uses no victim"):
+        run_defense("btu-detect", train, str(tiny_bert), options=quick(cls), settings=no_controls, test=test,
+                    victim=str(tmp_path / "victim"))

@@ -61,7 +61,7 @@ def cmd_defend(a):
 
     cls, opts, preset = resolve(a, "btu")
     defense = cls(opts)
-    check_needs(defense, a.clean_data, a.victim)
+    check_needs(defense, a.clean_data, a.victim, compares=not a.no_controls)
     out = check_out_dir(a.out)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
     res = run_defense(cls.name, splits.train, a.model, options=opts, preset=preset, settings=settings_from(a),

@@ -198,15 +198,17 @@ def resolve_options(cls: type[Defense], options=None, preset: str | None = None)
     return from_dict(cls.Options, {**to_dict(base), **options})
 
 
-def check_needs(defense: Defense, clean_data=None, victim=None) -> None:
-    """Refuse, before any training, a run whose needs the caller cannot meet, and inputs it would ignore."""
+def check_needs(defense: Defense, clean_data=None, victim=None, compares: bool = False) -> None:
+    """Refuse, before any training, a run whose needs the caller cannot meet, and inputs it would ignore.
+    compares: the run measures the no-defense model, which a given victim then is."""
     need = defense.required()
     if "clean_data" in need and clean_data is None:
         raise ConfigError(f"defense {defense.name!r} needs {NEEDS['clean_data']}")
     if clean_data is not None and not (defense.uses_clean_data or "clean_data" in need):
         raise ConfigError(f"--clean-data: defense {defense.name!r} does not use clean data")
-    if victim is not None and "victim" not in need:
-        raise ConfigError(f"--victim: defense {defense.name!r} with these options uses no victim")
+    if victim is not None and "victim" not in need and not compares:
+        raise ConfigError(f"--victim: defense {defense.name!r} with these options uses no victim, and this run "
+                          "measures no no-defense model")
     lm = getattr(defense.options, "lm", None)
     if "language_model" in need and not lm:
         raise ConfigError(f"defense {defense.name!r} needs {NEEDS['language_model']}")
@@ -231,7 +233,8 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
     opts = resolve_options(cls, options, preset)
     settings = settings or RunSettings()
     defense = cls(opts)
-    check_needs(defense, clean_data, victim)
+    compares = settings.controls and any(x is not None for x in (test, poison_test, dev))
+    check_needs(defense, clean_data, victim, compares)
     if out is not None:
         check_out_dir(out)
     dataset = _as_dataset(train, "train")
