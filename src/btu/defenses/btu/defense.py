@@ -380,6 +380,7 @@ class BTU(_BTUBase):
                "repair (preset retrain: drop their rows and train a fresh model)")
     needs = frozenset({"pretrained", "victim"})
     uses_clean_data = True  # the repair set (default: the training set minus the flagged rows)
+
     @property
     def result_name(self) -> str:
         return "BTU (retrain: fresh model on the kept rows)" if self.options.repair_from == "pretrained" \
