@@ -230,6 +230,27 @@ def defended_key(name: str) -> str:
     return "BTU (unlearning + repair)" if name.startswith("BTU (") else name
 
 
+def poisoned_cell(name: str, seed: int, test, limit: int | None = None):
+    """(clean training set, attack, poisoned training set, ASR rows) of one attack and seed: SST-2 (or its
+    paraphrase folder for synbkd/stylebkd, whose ASR rows come from that folder's dev split), 10 % to label 1."""
+    from btu.attacks import make_attack
+    from btu.data import load_source
+
+    src = SHARED / ATTACK_DATA[name]
+    train_ds = load_source(str(src), "train")
+    asr_source = load_source(str(src), "dev") if name in ASR_FROM_DEV else test
+    if limit:
+        train_ds = train_ds.subset(range(limit))
+        asr_source = asr_source.subset(range(min(limit, len(asr_source))))
+    attack = make_attack(name, rate=0.1, target=1)
+    return train_ds, attack, attack.poison_train(train_ds, seed), attack.poison_test(asr_source, seed)
+
+
+def victim_dir(cache, model: str, name: str, seed: int, tag: str = "epochs3") -> Path:
+    """Where a cached victim lives: one folder per (model, attack, seed, victim recipe)."""
+    return Path(cache) / f"{model}-{name}-seed{seed}-{tag}" / "victim"
+
+
 def cached_training(folder: Path, base, tok, input_ids, labels, epochs, lr, seed, desc):
     """`base` fine-tuned like the victims (TrainConfig defaults, `epochs`, `lr`, `seed`) and saved in
     `folder`, or loaded from there; with the training seconds (stored beside it)."""
@@ -330,7 +351,6 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     from throughput import git_commit
 
-    from btu.attacks import make_attack
     from btu.data import load_source
     from btu.defenses.btu import BTUConfig, detect
     from btu.defenses.btu.pipeline import defend
@@ -365,16 +385,7 @@ def main(argv=None):
             clean_todo = a.clean_model and key(name, seed, CLEAN) not in done
             if not todo and not clean_todo:
                 continue
-            src = SHARED / ATTACK_DATA[name]
-            train_ds = load_source(str(src), "train")
-            if a.limit:
-                train_ds = train_ds.subset(range(a.limit))
-            asr_source = load_source(str(src), "dev") if name in ASR_FROM_DEV else test
-            if a.limit:
-                asr_source = asr_source.subset(range(min(a.limit, len(asr_source))))
-            attack = make_attack(name, rate=0.1, target=1)
-            ptrain = attack.poison_train(train_ds, seed)
-            ptest = attack.poison_test(asr_source, seed)
+            train_ds, attack, ptrain, ptest = poisoned_cell(name, seed, test, a.limit)
             base_cfg = BTUConfig(seed=seed, victim_epochs=a.victim_epochs, lr=a.victim_lr, progress=sys.stderr.isatty())
             seed_everything(seed)  # the new head's initialisation (frozen in detection round 1) depends on it
             base, tok = load_classifier(a.model, label_names=train_ds.label_names)
@@ -391,7 +402,7 @@ def main(argv=None):
                     continue
 
             # the victim, cached
-            vdir = Path(a.cache) / f"{a.model}-{name}-seed{seed}-{victim_tag(a)}" / "victim"
+            vdir = victim_dir(a.cache, a.model, name, seed, victim_tag(a))
             victim, victim_seconds = cached_training(vdir, base, tok, ids, ptrain.labels, a.victim_epochs,
                                                      a.victim_lr, seed,
                                                      f"victim {name} seed {seed}")

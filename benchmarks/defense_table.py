@@ -24,7 +24,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from btu_summary import VICTIM_LR  # noqa: E402
-from btu_table import ASR_FROM_DEV, ATTACK_DATA, SHARED, append_result, cached_training, read_results  # noqa: E402
+from btu_table import (  # noqa: E402
+    ASR_FROM_DEV,
+    ATTACK_DATA,
+    SHARED,
+    append_result,
+    cached_training,
+    poisoned_cell,
+    read_results,
+    victim_dir,
+)
 
 
 def cell(defense, preset, options, attack, seed) -> tuple:
@@ -79,7 +88,6 @@ def main(argv=None) -> int:
         return 2
     from throughput import git_commit
 
-    from btu.attacks import make_attack
     from btu.data import load_source
     from btu.defenses import RunSettings, get_defense, run_defense
     from btu.defenses.options import build_options, parse_set, to_dict
@@ -99,12 +107,8 @@ def main(argv=None) -> int:
         for name in a.attacks:
             if cell(a.defense, preset, set_values, name, seed) in done:
                 continue
-            src = SHARED / ATTACK_DATA[name]
-            train_ds = load_source(str(src), "train")
-            asr_source = load_source(str(src), "dev") if name in ASR_FROM_DEV else test
-            attack = make_attack(name, rate=0.1, target=1)
-            ptrain, ptest = attack.poison_train(train_ds, seed), attack.poison_test(asr_source, seed)
-            vdir = Path(a.cache) / f"{a.model}-{name}-seed{seed}-epochs3" / "victim"
+            train_ds, _, ptrain, ptest = poisoned_cell(name, seed, test)
+            vdir = victim_dir(a.cache, a.model, name, seed)
             if not (vdir / "config.json").exists():
                 seed_everything(seed)  # the new head's initialisation, as btu_table.py trains it
                 base, tok = load_classifier(a.model, label_names=train_ds.label_names)

@@ -69,6 +69,7 @@ def cmd_defend(a):
                       target=splits.target, victim=a.victim, allow_pickle=a.allow_pickle,
                       trust_remote_code=a.trust_remote_code, extra_report={"attack": acfg or None})
     write_outputs(res, out)
+    defense = res.defense
     extra = defense.save(res, out)
     print(result_table(res.report["rows"]))
     for line in metrics_lines(res.report["metrics"]):
@@ -89,15 +90,16 @@ def cmd_scan(a):
     from ..experiment import apply_attack, load_splits
     from ..io import atomic_write_json, check_out_dir
     from .report import markdown_report, metrics_lines
-    from .runner import check_needs, run_filter
+    from .runner import RunSettings, check_needs, run_filter
 
     cls, opts, preset = resolve(a, "btu-detect")
     defense = cls(opts)
     check_needs(defense, a.clean_data, a.victim)
     if "victim" not in defense.required():
         # the training flags set up the victim; a filter that never trains one would ignore them
-        given = [f"--{k.replace('_', '-')}" for k, d in (("epochs", 3.0), ("lr", 2e-5), ("batch_size", 32))
-                 if getattr(a, k) != d]
+        defaults = RunSettings()
+        given = [f"--{k.replace('_', '-')}" for k in ("epochs", "lr", "batch_size")
+                 if getattr(a, k) != getattr(defaults, k)]
         if given:
             raise ConfigError(f"{' '.join(given)}: {cls.name} with these options trains no victim, so nothing would "
                               "use them")
@@ -112,7 +114,7 @@ def cmd_scan(a):
     res = run_filter(cls.name, ds, a.model, options=opts, preset=preset, settings=settings_from(a),
                      clean_data=a.clean_data, victim=a.victim, allow_pickle=a.allow_pickle,
                      trust_remote_code=a.trust_remote_code)
-    kept, report = res.state.filter, res.report
+    kept, report, defense = res.state.filter, res.report, res.defense
     text = defense.console(report)
     if text:
         print(text.rstrip() + "\n")

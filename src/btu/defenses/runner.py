@@ -14,10 +14,11 @@ from pathlib import Path
 
 from ..data import TextDataset, load_source
 from ..errors import ConfigError, ModelError
-from ..training import TrainConfig, evaluate, predict, train
+from ..training import TrainConfig, accuracy, evaluate, predict, train
 from ..training.batching import encode
 from ..training.seeding import seed_everything
 from .base import DEFENSES, NEEDS, Defense, FilterResult, Guard, default_options, get_defense
+from .options import to_dict
 
 
 @dataclass
@@ -132,13 +133,8 @@ class Context:
         out = evaluate(model, self.tokenizer, self.test, self.poison_test, self.target, precision=p) \
             if self.test is not None or self.poison_test is not None else {}
         if self.dev is not None:
-            out["dev_cacc"] = 100.0 * _hits(predict(model, self.tokenizer, self.dev.texts, precision=p),
-                                            self.dev.labels) / len(self.dev)
+            out["dev_cacc"] = accuracy(predict(model, self.tokenizer, self.dev.texts, precision=p), self.dev.labels)
         return out
-
-
-def _hits(preds, labels) -> int:
-    return sum(int(p == y) for p, y in zip(preds, labels))
 
 
 def guarded_metrics(guard: Guard, test, poison_test, target) -> dict:
@@ -176,6 +172,7 @@ class DefenseResult:
     models: dict = field(default_factory=dict)  # victim and intermediate models, with keep_models
     context: Context | None = None
     state: RunState | None = None
+    defense: Defense | None = None
 
 
 def resolve_options(cls: type[Defense], options=None, preset: str | None = None):
@@ -193,7 +190,7 @@ def resolve_options(cls: type[Defense], options=None, preset: str | None = None)
     if not isinstance(options, dict):
         raise ConfigError(f"{cls.name}: options must be a {cls.Options.__name__} or a dict, not "
                           f"{type(options).__name__}")
-    from .options import from_dict, to_dict
+    from .options import from_dict
 
     return from_dict(cls.Options, {**to_dict(base), **options})
 
@@ -229,38 +226,24 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
     """
     from ..io import check_out_dir
 
-    cls = get_defense(name)
-    opts = resolve_options(cls, options, preset)
-    settings = settings or RunSettings()
-    defense = cls(opts)
+    defense, settings = make_defense(name, options, preset), settings or RunSettings()
     compares = settings.controls and any(x is not None for x in (test, poison_test, dev))
     check_needs(defense, clean_data, victim, compares)
     if out is not None:
         check_out_dir(out)
-    dataset = _as_dataset(train, "train")
-    ctx = Context(dataset, model, settings, clean_data=clean_data, dev=dev, test=test, poison_test=poison_test,
-                  target=target, victim=victim, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                  artifacts=artifacts)
-    state = RunState()
-    steps = defense.steps()
-    for stage, method in steps:
-        with ctx.timed(f"stage_{stage}"):
-            if stage == "data":
-                state.filter = method(ctx, state)
-            elif stage == "train":
-                state.model = method(ctx, state)
-            elif stage == "post":
-                state.model = method(ctx, state, state.model if state.model is not None else ctx.victim())
-            elif stage == "input":
-                state.guard = method(ctx, state, state.model if state.model is not None else ctx.victim())
+    ctx = Context(_as_dataset(train, "train"), model, settings, clean_data=clean_data, dev=dev, test=test,
+                  poison_test=poison_test, target=target, victim=victim, allow_pickle=allow_pickle,
+                  trust_remote_code=trust_remote_code, artifacts=artifacts)
+    state, steps = RunState(), defense.steps()
+    run_steps(ctx, state, steps)
     if steps[-1][0] == "data":  # filter, then ordinary training on the kept rows: the one composition
         with ctx.timed("stage_train"):
             state.model = train_on_kept(ctx, state.filter, defense.train_overrides())
-    if settings.controls and (ctx.test is not None or ctx.poison_test is not None or ctx.dev is not None):
+    if compares:
         ctx.victim()  # the no-defense model, for comparison
-    report = build_report(defense, ctx, state, preset, extra_report)
-    result = DefenseResult(state.model if state.model is not None else ctx.victim(), ctx.tokenizer, report, opts,
-                           settings, state.guard, context=ctx, state=state)
+    report = build_report(defense, ctx, state, steps, preset, extra_report)
+    result = DefenseResult(state.model if state.model is not None else ctx.victim(), ctx.tokenizer, report,
+                           defense.options, settings, state.guard, context=ctx, state=state, defense=defense)
     if keep_models:
         result.models = {"victim": ctx._victim, **state.notes.get("models", {})}
     if out is not None:
@@ -268,15 +251,34 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
     return result
 
 
+def make_defense(name: str, options=None, preset: str | None = None) -> Defense:
+    """The registered defense `name` with its options resolved (see resolve_options)."""
+    cls = get_defense(name)
+    return cls(resolve_options(cls, options, preset))
+
+
+def run_steps(ctx: Context, state: RunState, steps) -> None:
+    """Each step in order, timed by stage; a post or input step without a model before it gets the victim."""
+    for stage, method in steps:
+        with ctx.timed(f"stage_{stage}"):
+            if stage == "data":
+                state.filter = method(ctx, state)
+            elif stage == "train":
+                state.model = method(ctx, state)
+            else:
+                model = state.model if state.model is not None else ctx.victim()
+                if stage == "post":
+                    state.model = method(ctx, state, model)
+                else:
+                    state.guard = method(ctx, state, model)
+
+
 def run_filter(name: str, train, model: str = "minilm", options=None, preset: str | None = None,
                settings: RunSettings | None = None, clean_data=None, victim=None, allow_pickle=False,
                trust_remote_code=False, artifacts: dict | None = None) -> DefenseResult:
     """Run only a data-stage defense's steps (`btu scan`): the kept rows and a suspicion score per row, in
     `result.state.filter`; no training after them, no test sets."""
-    cls = get_defense(name)
-    opts = resolve_options(cls, options, preset)
-    settings = settings or RunSettings()
-    defense = cls(opts)
+    defense, settings = make_defense(name, options, preset), settings or RunSettings()
     steps = defense.steps()
     if any(stage != "data" for stage, _ in steps):
         data_stage = ", ".join(n for n, c in sorted(DEFENSES.items())
@@ -287,20 +289,13 @@ def run_filter(name: str, train, model: str = "minilm", options=None, preset: st
     ctx = Context(_as_dataset(train, "train"), model, settings, clean_data=clean_data, victim=victim,
                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, artifacts=artifacts)
     state = RunState()
-    for stage, method in steps:
-        with ctx.timed(f"stage_{stage}"):
-            state.filter = method(ctx, state)
+    run_steps(ctx, state, steps)
     report = {"defense": defense.name, "preset": preset or defense.default_preset, "stages": ["data"],
               "metrics": {"filter": filter_metrics(state.filter, ctx.train)}, **defense.report(ctx, state),
               "timings": dict(ctx.timings), "data": {"train": ctx.train.source, "rows": len(ctx.train)},
-              "options": _options_dict(defense.options), "settings": asdict(settings)}
-    return DefenseResult(None, ctx.tokenizer, report, opts, settings, context=ctx, state=state)
-
-
-def _options_dict(opts) -> dict:
-    from .options import to_dict
-
-    return to_dict(opts)
+              "options": to_dict(defense.options), "settings": asdict(settings)}
+    return DefenseResult(None, ctx.tokenizer, report, defense.options, settings, context=ctx, state=state,
+                         defense=defense)
 
 
 def train_on_kept(ctx: Context, kept: FilterResult, overrides: dict):
@@ -333,9 +328,7 @@ def filter_metrics(kept: FilterResult, dataset: TextDataset) -> dict:
 METRIC_KEYS = ("cacc", "asr", "asr_no_trigger")
 
 
-def build_report(defense: Defense, ctx: Context, state: RunState, preset, extra: dict | None) -> dict:
-    from .options import to_dict
-
+def build_report(defense: Defense, ctx: Context, state: RunState, steps, preset, extra: dict | None) -> dict:
     measured = ctx.test is not None or ctx.poison_test is not None or ctx.dev is not None
 
     def row(name, model, guard=None):
@@ -358,8 +351,8 @@ def build_report(defense: Defense, ctx: Context, state: RunState, preset, extra:
     if "detector" in defended:
         metrics["detector"] = defended.pop("detector")
     own = defense.report(ctx, state)
-    report = {"defense": defense.name, "preset": preset or defense.default_preset, "stages": [s for s, _ in
-              defense.steps()] + (["train"] if defense.steps()[-1][0] == "data" else []),
+    stages = [s for s, _ in steps] + (["train"] if steps[-1][0] == "data" else [])
+    report = {"defense": defense.name, "preset": preset or defense.default_preset, "stages": stages,
               "metrics": metrics, "rows": rows, **own,
               "timings": dict(ctx.timings),
               "data": {"train": ctx.train.source, "rows": len(ctx.train), "test": getattr(ctx.test, "source", None),
@@ -374,7 +367,6 @@ def build_report(defense: Defense, ctx: Context, state: RunState, preset, extra:
 def run_config(result: DefenseResult) -> dict:
     """config.json: the defense, its resolved options, the settings, the seed and the software versions."""
     from ..experiment import environment
-    from .options import to_dict
 
     r = result.report
     return {"command": "defend", "defense": r["defense"], "preset": r.get("preset"),
@@ -405,7 +397,7 @@ def write_outputs(result: DefenseResult, out: Path) -> None:
 
     if result.model is None:
         raise ModelError("the defense produced no model")
-    defense = get_defense(result.report["defense"])(result.options)
+    defense = result.defense
     save_model(result.model, result.tokenizer, out / "model")
     write_report(result.report, out, f"{defense.name} report", defense.markdown(result.report))
     atomic_write_json(out / "config.json", run_config(result))

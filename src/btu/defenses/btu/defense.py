@@ -272,8 +272,7 @@ class BTUWork:
                 scores[i] = max(scores[i], float(f["score"]))
         if self.keep is None:  # repaired on the user's clean data: the training rows without a flagged token
             keep = [i for i in range(len(ctx.train)) if scores[i] == 0.0]
-            kept = FilterResult(keep, ctx.train.subset(keep), [ctx.input_ids[i] for i in keep], scores)
-            return kept
+            return FilterResult(keep, ctx.train.subset(keep), [ctx.input_ids[i] for i in keep], scores)
         ds = self.repair_ds
         texts = list(ds.texts)
         for j in self.stripped:
