@@ -70,7 +70,7 @@ def main():
 
         report = json.loads(Path(a.demo_report).read_text())
         splits = load_splits(DataConfig(train="rotten-tomatoes", limit=1500), 0)
-        splits, _ = apply_attack(splits, AttackConfig(name="addword"), 0)
+        splits, _ = apply_attack(splits, AttackConfig(name="addword"), 0, tok, 128)  # 128: encode's default
         train = splits.train
         show("demo --quick", *token_stats(tok, train.texts, train.labels, train.poisoned,
                                           [f["token"] for f in report["flagged"]], splits.target))

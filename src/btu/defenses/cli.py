@@ -53,7 +53,7 @@ def settings_from(a):
 
 
 def cmd_defend(a):
-    from ..cli import attack_config, data_config
+    from ..cli import attack_config, attack_window, data_config
     from ..experiment import apply_attack, load_splits
     from ..io import check_out_dir
     from .report import metrics_lines, result_table
@@ -63,7 +63,8 @@ def cmd_defend(a):
     defense = cls(opts)
     check_needs(defense, a.clean_data, a.victim, compares=not a.no_controls)
     out = check_out_dir(a.out)
-    splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed)
+    splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed,
+                                **attack_window(a, a.max_length))
     res = run_defense(cls.name, splits.train, a.model, options=opts, preset=preset, settings=settings_from(a),
                       clean_data=a.clean_data, dev=splits.dev, test=splits.test, poison_test=splits.poison_test,
                       target=splits.target, victim=a.victim, allow_pickle=a.allow_pickle,
@@ -84,7 +85,7 @@ def cmd_defend(a):
 
 
 def cmd_scan(a):
-    from ..cli import attack_config, data_config
+    from ..cli import attack_config, attack_window, data_config
     from ..data import write_file
     from ..errors import ConfigError
     from ..experiment import apply_attack, load_splits
@@ -109,7 +110,7 @@ def cmd_scan(a):
     splits = load_splits(data, a.seed)
     if a.attack:
         splits.test = splits.train  # only the training set matters here
-        splits, _ = apply_attack(splits, attack_config(a), a.seed)
+        splits, _ = apply_attack(splits, attack_config(a), a.seed, **attack_window(a, a.max_length))
     ds = splits.train
     res = run_filter(cls.name, ds, a.model, options=opts, preset=preset, settings=settings_from(a),
                      clean_data=a.clean_data, victim=a.victim, allow_pickle=a.allow_pickle,

@@ -25,10 +25,14 @@ REPAIR_FROM = ("unlearned", "pretrained")
 REPAIR_JUDGES = ("unlearned", "pretrained", "both")
 REPAIR_BALANCE = ("none", "balanced")
 REPAIR_FILTER_LABELS = ("all", "target")
+DECIDE = ("evidence", "all")
 # named bundles of options (explicit options override them); benchmarks/README.md has what each measured
 RECIPES = {
-    # the paper's BTU: unlearn the flagged tokens' backdoor dimensions, repair the unlearned victim
+    # BTU: unlearn the backdoor dimensions of the flagged tokens the evidence calls shortcuts, repair the unlearned
+    # victim on the rows without them
     "unlearn": {},
+    # the paper's BTU: unlearn every flagged token, repair on the rows without any rare one
+    "paper": {"decide": "all"},
     # BTU's detection and its unlearned model as a data sanitizer: drop the target-labelled rows with a flagged
     # token, those the unlearned victim disputes, and those that out-of-fold judges (the unlearned victim repaired
     # on the other folds) dispute; keep the other labels' carriers without their flagged tokens, and train a fresh
@@ -69,6 +73,19 @@ class BTUOptions(Options):
     min_count: int = option(5, "relative score: tokens in fewer rows score 0", low=0)
     record_every: int | None = option(None, "distance history every N steps (none: about 100 points a round)",
                                       low=1)
+    # stage 1b: what each flagged token is. A task's own words move as fast as a trigger on a task decided by a
+    # few words; a trigger's rows lean to one label that their content contradicts (evidence.py)
+    decide: str = option("evidence", "which flagged tokens are unlearned (and their rows left out of the repair): "
+                                     "evidence (those whose rows lean to one label that a judge fitted without "
+                                     "them disputes) or all (the paper's)", choices=DECIDE)
+    decide_dispute: float = option(0.4, "evidence: unlearn a token when the judge disputes at least this share of "
+                                        "its rows' labels", low=0, high=1)
+    decide_excess: float = option(0.15, "evidence: ... at least this much more often than ordinary rows'",
+                                  low=0, high=1)
+    decide_z: float = option(3.0, "evidence: ... and that excess is at least this many standard errors",
+                             low=0)
+    decide_purity: float = option(0.5, "evidence: ... and at least this share of its rows carry the label they "
+                                       "lean to", low=0, high=1)
     # stage 2: unlearning
     unlearn: str = option("btu", "how flagged tokens are unlearned: btu (Eq. 7), row, pr1, pr2, pn (noise), none",
                           choices=UNLEARN_METHODS)

@@ -22,6 +22,7 @@ from ...training.objectives import Distillation, WeightedCrossEntropy, balanced_
 from ..base import Defense, FilterResult, register
 from .config import DEFAULT_RECIPE, RECIPES, BTUConfig, BTUOptions
 from .detection import detect
+from .evidence import decide_tokens, pooled_features
 from .pipeline import (
     agreeing,
     describe_flagged,
@@ -63,10 +64,38 @@ class BTUWork:
         self.detection = det
         ctx.timings["detection"] = det.seconds
         self.flagged = describe_flagged(det, ctx.tokenizer, ctx.input_ids, ctx.train)
-        self.token_ids = det.token_ids
+        self.decide()
+        # the shortcuts: what unlearning overwrites and whose rows the repair leaves out
+        self.candidates = [f for f in self.flagged if f["decision"] == "unlearn"]
+        self.token_ids = [t for t in det.token_ids if t in {f["id"] for f in self.candidates}]
         if cfg.unlearn_token_max_rows is not None:
             # a token in most rows (".", "the") moves because every batch pushes it, not because it is a trigger
-            self.token_ids = [f["id"] for f in self.flagged if f["rows"] <= cfg.unlearn_token_max_rows * len(ctx.train)]
+            self.token_ids = [f["id"] for f in self.candidates
+                              if f["rows"] <= cfg.unlearn_token_max_rows * len(ctx.train)]
+
+    def decide(self):
+        """Each flagged token's decision (unlearn / keep), with its evidence and the reason (decide=all: every
+        token is unlearned, the paper's)."""
+        ctx, cfg = self.ctx, self.cfg
+        if cfg.decide == "all":
+            for f in self.flagged:
+                f["decision"], f["reason"] = "unlearn", "decide=all: every flagged token (the paper's)"
+            return
+        start = time.perf_counter()
+        features = ctx.artifacts.get("btu.features")
+        if features is None:
+            features = pooled_features(ctx.base, ctx.tokenizer, ctx.input_ids, precision=cfg.precision)
+            ctx.artifacts["btu.features"] = features
+        evidence = decide_tokens(self.flagged, features, ctx.train.labels, ctx.train.num_labels, cfg.decide_dispute,
+                                 cfg.decide_excess, cfg.decide_purity, cfg.decide_z, seed=cfg.seed)
+        names = ctx.train.label_names
+        for f in self.flagged:
+            ev = {k: v for k, v in evidence[f["id"]].items() if k != "disputed_rows"}
+            f["decision"], f["reason"] = ev.pop("decision"), ev.pop("reason")
+            if "leans_to" in ev:
+                ev["leans_to"] = names[ev["leans_to"]]
+            f["evidence"] = ev
+        ctx.timings["decisions"] = time.perf_counter() - start
 
     # unlearning ---------------------------------------------------------------------------------------------------
     def unlearned(self):
@@ -170,7 +199,7 @@ class BTUWork:
             source = self.repair_ds.source or "clean data"
         else:
             # the candidate triggers, found once: their rows are the carriers, their ids what stripping deletes
-            rare_tokens = rare_flagged(self.flagged, len(dataset), cfg.repair_token_max_rows)
+            rare_tokens = rare_flagged(self.candidates, len(dataset), cfg.repair_token_max_rows)
             carriers = suspect_rows(rare_tokens, len(dataset))
             other_labels = cfg.repair_carriers.startswith("other-labels")
             purity = cfg.repair_carrier_purity
@@ -267,7 +296,7 @@ class BTUWork:
         tokens), and a suspicion score per row (the highest score of the rare flagged tokens it carries)."""
         ctx, cfg = self.ctx, self.cfg
         scores = [0.0] * len(ctx.train)
-        for f in rare_flagged(self.flagged, len(ctx.train), cfg.repair_token_max_rows):
+        for f in rare_flagged(self.candidates, len(ctx.train), cfg.repair_token_max_rows):
             for i in f["row_ids"]:
                 scores[i] = max(scores[i], float(f["score"]))
         if self.keep is None:  # repaired on the user's clean data: the training rows without a flagged token
@@ -286,13 +315,14 @@ class BTUWork:
         cfg, ctx = self.cfg, self.ctx
         tok, names, det = ctx.tokenizer, ctx.train.label_names, self.detection
         out = {"flagged": [{k: v for k, v in f.items() if k != "row_ids"} for f in self.flagged],
-               "flagged_rows": flagged_row_stats(self.flagged, ctx.train, cfg.repair_token_max_rows),
+               "flagged_rows": flagged_row_stats(self.candidates, ctx.train, cfg.repair_token_max_rows),
+               "decide": cfg.decide,
                "rounds": [{"round": r.round, "seconds": r.seconds, "final_loss": r.final_loss,
                            "flagged": [[tok.convert_ids_to_tokens(t), d] for t, d in r.flagged]} for r in det.rounds]}
         if self.info is not None:
             info = self.info
             out["unlearning"] = {k: v for k, v in info.items() if k not in ("replaced_dims", "tokens")} \
-                | {"skipped_frequent": [f["token"] for f in self.flagged if f["id"] not in self.token_ids]} \
+                | {"not_unlearned": [f["token"] for f in self.flagged if f["id"] not in self.token_ids]} \
                 | {"replaced_dims": {tok.convert_ids_to_tokens(t): n for t, n in info["replaced_dims"].items()}}
         if self.built:
             out["repair"] = {
@@ -356,8 +386,8 @@ class _BTUBase(Defense):
         lines = [flagged_table(report.get("flagged", []))]
         fr = report.get("flagged_rows") or {}
         if fr:
-            lines.append(f"\n{fr['flagged_rows']} of {fr['rows']} training rows carry a flagged token (tokens in more "
-                         f"than {fr['max_share']:.0%} of rows do not count).")
+            lines.append(f"\n{fr['flagged_rows']} of {fr['rows']} training rows carry a flagged token to unlearn "
+                         f"(tokens in more than {fr['max_share']:.0%} of rows do not count).")
         if fr.get("precision") is not None:
             lines.append(f"Against the ground-truth poison flags: precision {fr['precision']:.1f} %, recall "
                          f"{fr['recall']:.1f} % ({fr['true_positives']} of {fr['poisoned_rows']} poisoned rows).")

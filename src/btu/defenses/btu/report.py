@@ -20,6 +20,13 @@ def flagged_table(flagged, markdown=False, limit=None) -> str:
                "rows": f["rows"]}
         if f.get("poisoned_rows") is not None:
             row["poisoned rows"] = f["poisoned_rows"]
+        ev = f.get("evidence") or {}
+        if ev:
+            row["leans to"] = f"{ev['leans_to']} {100 * ev['purity']:.0f} %" if "leans_to" in ev else ""
+            row["disputed"] = f"{100 * ev['dispute']:.0f} % (ordinary {100 * ev['ordinary_dispute']:.0f} %)" \
+                if "dispute" in ev else ""
+        if "decision" in f:
+            row["decision"] = f["decision"]
         rows.append(row)
     return table(rows, markdown=markdown)
 
@@ -33,8 +40,12 @@ def btu_sections(report: dict) -> str:
     lines += ["## Flagged tokens", "", flagged_table(report.get("flagged", []), markdown=True)]
     fr = report.get("flagged_rows", {})
     if fr:
-        lines += ["", f"{fr.get('flagged_rows')} of {fr.get('rows')} training rows carry a flagged token "
+        lines += ["", f"{fr.get('flagged_rows')} of {fr.get('rows')} training rows carry a flagged token to unlearn "
                       f"(tokens in more than {fr.get('max_share', 1):.0%} of the rows do not count)."]
+    if report.get("decide") == "evidence":
+        lines += ["", "*decision*: unlearn a flagged token when its rows lean to one label and a judge fitted "
+                      "without them (a logistic regression on the pretrained model's features) disputes that label "
+                      "far more often than ordinary rows' (*disputed*); keep it otherwise (a task word)."]
     if fr.get("precision") is not None:
         lines += [f"Against the ground-truth poison flags: precision {fr['precision']:.1f} %, "
                   f"recall {fr['recall']:.1f} % ({fr['true_positives']} of {fr['poisoned_rows']} poisoned rows)."]
