@@ -33,9 +33,10 @@ def keyword_task(n=240, rate=0.1, trigger="cf", seed=0):
     return TextDataset(texts, labels, ["neg", "pos"], flags, source="keyword-task")
 
 
-def pretrained_like(dataset, dim=16, seed=0):
+def pretrained_like(dataset, dim=16, seed=0, noise=2.0):
     """Sums of word vectors in which a label's words share a direction and every other word (the trigger too) is
-    random: what a pretrained encoder knows of words it was not fine-tuned on."""
+    random, plus noise per row (a judge on real features errs on some rows): what a pretrained encoder knows of
+    words it was not fine-tuned on."""
     g = torch.Generator().manual_seed(seed)
     direction = {label: torch.randn(dim, generator=g) for label in TASK}
     vectors = {}
@@ -43,9 +44,15 @@ def pretrained_like(dataset, dim=16, seed=0):
         for w in text.split():
             if w not in vectors:
                 label = next((c for c, ws in TASK.items() if w in ws), None)
-                noise = 0.3 * torch.randn(dim, generator=g)
-                vectors[w] = noise + (direction[label] if label is not None else torch.randn(dim, generator=g))
-    return torch.stack([sum(vectors[w] for w in t.split()) for t in dataset.texts])
+                if label is not None:
+                    vectors[w] = direction[label] + 0.3 * torch.randn(dim, generator=g)
+                else:  # a word that means nothing to the task
+                    v = torch.randn(dim, generator=g)
+                    for d in direction.values():
+                        v -= (v @ d) / (d @ d) * d
+                    vectors[w] = v
+    return torch.stack([sum(vectors[w] for w in t.split()) + noise * torch.randn(dim, generator=g)
+                        for t in dataset.texts])
 
 
 def flagged_of(dataset, words):
@@ -59,9 +66,9 @@ def test_the_judge_disputes_the_trigger_rows_and_agrees_with_the_task_words_rows
     ev = decide_tokens(flagged, pretrained_like(ds), ds.labels, 2, min_dispute=0.4, min_excess=0.15, min_purity=0.5,
                        min_z=3)
     cf, good, bad, film = (ev[i] for i in range(4))
-    assert cf["purity"] == 1.0 and cf["dispute"] > 0.8 and cf["decision"] == "unlearn"
-    # the task's own words: pure too, but their rows read as their label
-    assert good["purity"] > 0.7 and good["dispute"] < 0.2 and good["decision"] == "keep"
+    assert cf["purity"] == 1.0 and cf["dispute"] > 0.7 and cf["excess"] > 0.5 and cf["decision"] == "unlearn"
+    # the task's own words: pure too, but their rows read as their label, no worse than ordinary rows do
+    assert good["purity"] > 0.7 and good["excess"] < 0.05 and good["decision"] == "keep"
     assert bad["leans_to"] == 0 and bad["decision"] == "keep"
     assert film["decision"] == "keep"
     assert "disputes" in cf["reason"] and "agrees" in good["reason"]
@@ -133,3 +140,16 @@ def test_btu_unlearns_what_it_decides_and_repairs_on_the_task_words_rows(tiny_be
     # the paper's BTU unlearns every flagged token, the task's words with the trigger
     assert set(runs["all"]["unlearning"]["replaced_dims"]) == set(flagged)
     assert all(f["decision"] == "unlearn" for f in runs["all"]["flagged"])
+    # what btu scan and btu defend print: each token's decision beside the evidence
+    from btu.defenses.btu.report import btu_sections, flagged_table
+
+    text = flagged_table(runs["evidence"]["flagged"])
+    assert "decision" in text and "disputed" in text and "keep" in text and "unlearn" in text
+    assert "*decision*" in btu_sections(runs["evidence"]) and "*decision*" not in btu_sections(runs["all"])
+
+
+def test_the_paper_recipe_unlearns_every_flagged_token():
+    from btu.defenses.btu.config import DEFAULT_RECIPE, BTUOptions
+
+    assert BTUOptions.recipe("paper").decide == "all"
+    assert BTUOptions.recipe(DEFAULT_RECIPE).decide == "evidence"

@@ -80,7 +80,7 @@ class BTUOptions(Options):
                                      "them disputes) or all (the paper's)", choices=DECIDE)
     decide_dispute: float = option(0.4, "evidence: unlearn a token when the judge disputes at least this share of "
                                         "its rows' labels", low=0, high=1)
-    decide_excess: float = option(0.15, "evidence: ... at least this much more often than ordinary rows'",
+    decide_excess: float = option(0.2, "evidence: ... at least this much more often than ordinary rows'",
                                   low=0, high=1)
     decide_z: float = option(3.0, "evidence: ... and that excess is at least this many standard errors",
                              low=0)

@@ -76,13 +76,15 @@ def judge_predict(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (torch.cat([x, torch.ones(len(x), 1)], 1) @ w).argmax(-1)
 
 
-def out_of_fold_disputes(x, y, num_labels: int, folds: int = 5, seed: int = 0) -> torch.Tensor:
-    """Per row: whether a judge fitted on the other folds disputes its label (the ordinary dispute rate)."""
+def out_of_fold_disputes(x, y, num_labels: int, usable=None, folds: int = 5, seed: int = 0) -> torch.Tensor:
+    """Per row: whether a judge fitted on the usable rows of the other folds disputes its label (the ordinary
+    dispute rate; rows no judge learns from are judged too, so the rate counts the poison a label holds)."""
+    usable = torch.ones(len(y), dtype=torch.bool) if usable is None else usable
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     disputed = torch.zeros(len(y), dtype=torch.bool)
     for f in range(folds):
         test = perm[f::folds]
-        train = torch.ones(len(y), dtype=torch.bool)
+        train = usable.clone()
         train[test] = False
         w = fit_judge(x[train], y[train], num_labels)
         disputed[test] = judge_predict(w, x[test]) != y[test]
@@ -101,8 +103,7 @@ def token_evidence(flagged: list[dict], features: torch.Tensor, labels, num_labe
     y = torch.tensor(list(labels), dtype=torch.long)
     usable = torch.ones(n, dtype=torch.bool)
     usable[list(exclude)] = False
-    ordinary = torch.zeros(n, dtype=torch.bool)
-    ordinary[usable] = out_of_fold_disputes(x[usable], y[usable], num_labels, seed=seed)
+    ordinary = out_of_fold_disputes(x, y, num_labels, usable, seed=seed)
     out = {}
     for f in flagged:
         rows = f["row_ids"]
@@ -120,7 +121,7 @@ def token_evidence(flagged: list[dict], features: torch.Tensor, labels, num_labe
         judged = carrier & (y == lean)
         against = judge_predict(w, x[judged]) != lean
         dispute = float(against.float().mean())
-        base_rows = usable & ~carrier & (y == lean)
+        base_rows = ~carrier & (y == lean)
         base = float(ordinary[base_rows].float().mean()) if base_rows.any() else 0.0
         k = int(judged.sum())
         sd = math.sqrt(max(base * (1 - base), 1e-4) / k)
