@@ -136,7 +136,10 @@ def test_planted_cf_is_flagged_by_rounds_one_and_two_with_minilm():
     assert "cf" in by_token
     assert set(by_token["cf"]["rounds"]) == {1, 2}
     assert by_token["cf"]["poisoned_rows"] == by_token["cf"]["rows"] == sum(poisoned.poisoned)
-    assert stats["recall"] == 100.0
+    # the real judge on MiniLM's features: the trigger is a shortcut, the review words it flags beside are not
+    assert by_token["cf"]["decision"] == "unlearn" and by_token["cf"]["evidence"]["excess"] > 0.3
+    assert [f["token"] for f in flagged if f["decision"] == "unlearn"] == ["cf"]
+    assert stats["recall"] == 100.0 and stats["precision"] == 100.0
 
 
 def test_previous_rounds_are_reused_for_alpha_and_round_sweeps(tiny_bert):

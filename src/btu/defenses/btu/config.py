@@ -80,12 +80,13 @@ class BTUOptions(Options):
                                      "them disputes) or all (the paper's)", choices=DECIDE)
     decide_dispute: float = option(0.4, "evidence: unlearn a token when the judge disputes at least this share of "
                                         "its rows' labels", low=0, high=1)
-    decide_excess: float = option(0.2, "evidence: ... at least this much more often than ordinary rows'",
+    decide_excess: float = option(0.2, "evidence: and this much more often (a share) than it disputes "
+                                        "ordinary rows of that label",
                                   low=0, high=1)
-    decide_z: float = option(3.0, "evidence: ... and that excess is at least this many standard errors",
+    decide_z: float = option(3.0, "evidence: and that excess must be this many standard errors",
                              low=0)
-    decide_purity: float = option(0.5, "evidence: ... and at least this share of its rows carry the label they "
-                                       "lean to", low=0, high=1)
+    decide_purity: float = option(0.5, "evidence: and this share of the token's rows must carry the label "
+                                       "they lean to", low=0, high=1)
     # stage 2: unlearning
     unlearn: str = option("btu", "how flagged tokens are unlearned: btu (Eq. 7), row, pr1, pr2, pn (noise), none",
                           choices=UNLEARN_METHODS)

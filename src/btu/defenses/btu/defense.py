@@ -22,13 +22,15 @@ from ...training.objectives import Distillation, WeightedCrossEntropy, balanced_
 from ..base import Defense, FilterResult, register
 from .config import DEFAULT_RECIPE, RECIPES, BTUConfig, BTUOptions
 from .detection import detect
-from .evidence import decide_tokens, pooled_features
+from .evidence import pooled_features
 from .pipeline import (
     agreeing,
+    decide_flagged,
     describe_flagged,
     flagged_row_stats,
     lean_warnings,
     rare_flagged,
+    shortcuts,
     suspect_rows,
     suspected_target,
     target_carriers,
@@ -65,8 +67,7 @@ class BTUWork:
         ctx.timings["detection"] = det.seconds
         self.flagged = describe_flagged(det, ctx.tokenizer, ctx.input_ids, ctx.train)
         self.decide()
-        # the shortcuts: what unlearning overwrites and whose rows the repair leaves out
-        self.candidates = [f for f in self.flagged if f["decision"] == "unlearn"]
+        self.candidates = shortcuts(self.flagged)
         self.token_ids = [t for t in det.token_ids if t in {f["id"] for f in self.candidates}]
         if cfg.unlearn_token_max_rows is not None:
             # a token in most rows (".", "the") moves because every batch pushes it, not because it is a trigger
@@ -78,23 +79,14 @@ class BTUWork:
         token is unlearned, the paper's)."""
         ctx, cfg = self.ctx, self.cfg
         if cfg.decide == "all":
-            for f in self.flagged:
-                f["decision"], f["reason"] = "unlearn", "decide=all: every flagged token (the paper's)"
+            decide_flagged(self.flagged, cfg)
             return
         start = time.perf_counter()
         features = ctx.artifacts.get("btu.features")
         if features is None:
             features = pooled_features(ctx.base, ctx.tokenizer, ctx.input_ids, precision=cfg.precision)
             ctx.artifacts["btu.features"] = features
-        evidence = decide_tokens(self.flagged, features, ctx.train.labels, ctx.train.num_labels, cfg.decide_dispute,
-                                 cfg.decide_excess, cfg.decide_purity, cfg.decide_z, seed=cfg.seed)
-        names = ctx.train.label_names
-        for f in self.flagged:
-            ev = {k: v for k, v in evidence[f["id"]].items() if k != "disputed_rows"}
-            f["decision"], f["reason"] = ev.pop("decision"), ev.pop("reason")
-            if "leans_to" in ev:
-                ev["leans_to"] = names[ev["leans_to"]]
-            f["evidence"] = ev
+        decide_flagged(self.flagged, cfg, features, ctx.train.labels, ctx.train.label_names)
         ctx.timings["decisions"] = time.perf_counter() - start
 
     # unlearning ---------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from ...training.batching import encode
 from ...training.seeding import seed_everything
 from .config import DEFAULT_RECIPE, BTUConfig
 from .detection import DetectionResult, detect
+from .evidence import decide_tokens, pooled_features
 
 
 @dataclass
@@ -54,6 +55,29 @@ def describe_flagged(detection: DetectionResult, tokenizer, input_ids, dataset: 
                     "poisoned_rows": sum(1 for r in rows if flags[r]) if flags is not None else None,
                     "row_ids": rows})
     return out
+
+
+def decide_flagged(flagged: list[dict], cfg, features=None, labels=None, label_names=None) -> None:
+    """Give each flagged token its `decision` (unlearn / keep) and `reason` and, with cfg.decide=evidence, its
+    `evidence` (evidence.py; `features`: the pretrained model's pooled features of the rows); decide=all unlearns
+    every one (the paper's)."""
+    if cfg.decide == "all":
+        for f in flagged:
+            f["decision"], f["reason"] = "unlearn", "decide=all: every flagged token (the paper's)"
+        return
+    evidence = decide_tokens(flagged, features, labels, len(label_names), cfg.decide_dispute, cfg.decide_excess,
+                             cfg.decide_purity, cfg.decide_z, seed=cfg.seed)
+    for f in flagged:
+        ev = {k: v for k, v in evidence[f["id"]].items() if k != "disputed_rows"}
+        f["decision"], f["reason"] = ev.pop("decision"), ev.pop("reason")
+        if "leans_to" in ev:
+            ev["leans_to"] = label_names[ev["leans_to"]]
+        f["evidence"] = ev
+
+
+def shortcuts(flagged: list[dict]) -> list[dict]:
+    """The flagged tokens decided to be shortcuts: what unlearning overwrites and whose rows the repair leaves out."""
+    return [f for f in flagged if f.get("decision", "unlearn") == "unlearn"]
 
 
 def rare_flagged(flagged: list[dict], n_rows: int, max_share: float = 1.0) -> list[dict]:
@@ -129,7 +153,8 @@ def _as_dataset(data, role, label_names=None) -> TextDataset | None:
 
 
 def scan(train_data, model="minilm", config: BTUConfig | None = None, tokenizer=None):
-    """Detection only: (flagged tokens, detection result, row stats)."""
+    """Detection and the decisions: (flagged tokens, each with its decision, detection result, row stats of the
+    tokens to unlearn)."""
     from ...models import load_classifier
 
     cfg = config or BTUConfig()
@@ -139,7 +164,9 @@ def scan(train_data, model="minilm", config: BTUConfig | None = None, tokenizer=
     ids = encode(tok, dataset.texts, cfg.max_length)
     det = detect(base, tok, ids, dataset.labels, dataset.num_labels, cfg)
     flagged = describe_flagged(det, tok, ids, dataset)
-    return flagged, det, flagged_row_stats(flagged, dataset, cfg.repair_token_max_rows)
+    features = pooled_features(base, tok, ids, precision=cfg.precision) if cfg.decide == "evidence" else None
+    decide_flagged(flagged, cfg, features, dataset.labels, dataset.label_names)
+    return flagged, det, flagged_row_stats(shortcuts(flagged), dataset, cfg.repair_token_max_rows)
 
 
 def run_settings(cfg: BTUConfig):
