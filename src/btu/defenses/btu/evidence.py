@@ -22,6 +22,9 @@ from ...training.batching import collate, length_bucketed_batches
 from ...training.loop import autocast, resolve_device, resolve_precision
 
 DECISIONS = ("unlearn", "keep")
+# a token whose rows are most of the label they lean to leaves a judge fitted without them too little of that label
+# to read it (a task decided by one word per label); a dirty-label trigger at the rates studied is well under half
+MAX_LABEL_SHARE = 0.5
 
 
 @torch.no_grad()
@@ -126,7 +129,8 @@ def token_evidence(flagged: list[dict], features: torch.Tensor, labels, num_labe
         k = int(judged.sum())
         sd = math.sqrt(max(base * (1 - base), 1e-4) / k)
         ev.update(dispute=dispute, ordinary_dispute=base, excess=dispute - base, z=(dispute - base) / sd,
-                  judged_rows=k, disputed_rows=judged.nonzero().flatten()[against].tolist())
+                  judged_rows=k, label_share=k / int((y == lean).sum()),
+                  disputed_rows=judged.nonzero().flatten()[against].tolist())
         out[f["id"]] = ev
     return out
 
@@ -156,6 +160,9 @@ def decide(ev: dict, min_dispute: float, min_excess: float, min_purity: float, m
     and why."""
     if "excess" not in ev:
         return "keep", f"in {ev['share']:.0%} of the rows: too many to be a trigger"
+    if ev["label_share"] > MAX_LABEL_SHARE:
+        return "keep", (f"its rows are {ev['label_share']:.0%} of the label they lean to: too few of that label are "
+                        "left to judge them by")
     if ev["purity"] < min_purity:
         return "keep", f"its rows are {ev['purity']:.0%} one label (under {min_purity:.0%}): not one label's shortcut"
     if ev["dispute"] < min_dispute or ev["excess"] < min_excess or ev["z"] < min_z:
