@@ -167,3 +167,22 @@ def test_the_paper_recipe_unlearns_every_flagged_token():
 
     assert BTUOptions.recipe("paper").decide == "all"
     assert BTUOptions.recipe(DEFAULT_RECIPE).decide == "evidence"
+    # retrain's judges are the victim unlearned of every flagged token, which is what disputes paraphrase poison
+    assert BTUOptions.recipe("retrain").decide == "all"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_no_shortcut_means_no_unlearning_and_a_warning(tiny_bert):
+    from btu.defenses.btu import BTUConfig
+    from btu.defenses.btu.pipeline import run_settings
+    from btu.defenses.runner import run_defense
+
+    ds = keyword_task(n=200, rate=0.0)  # clean: whatever moves fast is the task's
+    cfg = BTUConfig(alpha=0.02, detect_lr=5e-3, shallow_lr=5e-3, lr=5e-3, repair_lr=1e-3, victim_epochs=1,
+                    batch_size=16, detect_batch_size=16, shallow_batch_size=16, repair_controls=False,
+                    progress=False)
+    res = run_defense("btu", ds, str(tiny_bert), options=cfg.options(), settings=run_settings(cfg),
+                      artifacts={"btu.features": pretrained_like(ds)})
+    assert res.report["flagged"] and all(f["decision"] == "keep" for f in res.report["flagged"])
+    assert res.report["unlearning"]["replaced_dims"] == {} and res.report["repair"]["rows"] == len(ds)
+    assert any("no flagged token is a shortcut" in w for w in res.report["warnings"])

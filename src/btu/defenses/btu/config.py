@@ -37,8 +37,10 @@ RECIPES = {
     # token, those the unlearned victim disputes, and those that out-of-fold judges (the unlearned victim repaired
     # on the other folds) dispute; keep the other labels' carriers without their flagged tokens, and train a fresh
     # copy of the pretrained model on what is left (which also removes backdoors outside the embeddings)
+    # (every flagged token: its judges are the victim unlearned of all of them, which is what disputes paraphrase
+    # poison; unlearned of the shortcuts alone, a victim with a syntax trigger would be its own judge)
     "retrain": {"repair_from": "pretrained", "repair_filter": "agree+crossfit", "repair_filter_labels": "target",
-                "repair_carriers": "other-labels-stripped", "fresh_lr": 1e-4},
+                "repair_carriers": "other-labels-stripped", "fresh_lr": 1e-4, "decide": "all"},
 }
 # what `btu defend`, `btu demo` and btu.defend(config=None) run. retrain met the four attacks' targets on SST-2 over
 # seeds 0-2 (benchmarks/README.md, "`retrain` with `agree+crossfit`") but wrecks small or weakly learned sets (the

@@ -331,6 +331,11 @@ class BTUWork:
             advice = "balance the --clean-data" if ctx.clean_data is not None else \
                 "try --clean-data, more training data, or --recipe unlearn" if self.from_scratch else "try --clean-data"
             out["warnings"] = lean_warnings(self.repair_ds.labels, names, advice)
+        if cfg.decide == "evidence" and not self.candidates and self.flagged:
+            out.setdefault("warnings", []).append(
+                "no flagged token is a shortcut (no token's rows carry labels their content contradicts): there is no "
+                "token trigger to unlearn, and a syntax or style trigger is out of unlearning's reach; if the data "
+                "may hold one, try --recipe retrain")
         return out
 
 
