@@ -155,7 +155,7 @@ def decide_tokens(flagged: list[dict], features, labels, num_labels: int, min_di
 
 
 def decide(ev: dict, min_dispute: float, min_excess: float, min_purity: float, min_z: float) -> tuple[str, str]:
-    """unlearn (a shortcut: its rows lean to one label, and a judge that never saw them disputes most of those
+    """unlearn (a shortcut: its rows lean to one label, and a judge that never saw them disputes many of those
     labels, far more often than it disputes ordinary rows') or keep (a task word, or a word at the base rate);
     and why."""
     if "excess" not in ev:
