@@ -9,13 +9,10 @@ from .loop import autocast, resolve_device, resolve_precision
 
 
 @torch.no_grad()
-def predict_logits(model, tokenizer, texts=None, input_ids=None, batch_size: int = 128, max_length: int = 128,
-                   precision: str = "auto", device: str = "auto") -> torch.Tensor:
-    """Logits per row (rows x classes, fp32 on CPU), in the input's order; the model in eval mode."""
-    if input_ids is None:
-        input_ids = encode(tokenizer, texts, max_length)
-    if not input_ids:
-        return torch.zeros(0, 0)
+def forward_rows(model, tokenizer, input_ids, forward, batch_size: int = 128, precision: str = "auto",
+                 device: str = "auto") -> torch.Tensor:
+    """`forward(model, ids, mask)` (a rows x features tensor) over length-bucketed batches, fp32 on CPU, in the
+    input's order; the model in eval mode."""
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     was_training = model.training
@@ -26,12 +23,23 @@ def predict_logits(model, tokenizer, texts=None, input_ids=None, batch_size: int
     for batch in length_bucketed_batches([len(x) for x in input_ids], batch_size, seed=0, shuffle=False):
         ids, mask = collate([input_ids[i] for i in batch], pad_id, padding_side=side)
         with autocast(dev, prec):
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float().cpu()
+            rows = forward(model, ids.to(dev), mask.to(dev)).float().cpu()
         if out is None:
-            out = torch.empty(len(input_ids), logits.shape[-1])
-        out[torch.tensor(batch)] = logits
+            out = torch.empty(len(input_ids), rows.shape[-1])
+        out[torch.tensor(batch)] = rows
     model.train(was_training)
     return out
+
+
+def predict_logits(model, tokenizer, texts=None, input_ids=None, batch_size: int = 128, max_length: int = 128,
+                   precision: str = "auto", device: str = "auto") -> torch.Tensor:
+    """Logits per row (rows x classes, fp32 on CPU), in the input's order; the model in eval mode."""
+    if input_ids is None:
+        input_ids = encode(tokenizer, texts, max_length)
+    if not input_ids:
+        return torch.zeros(0, 0)
+    return forward_rows(model, tokenizer, input_ids, lambda m, ids, mask: m(input_ids=ids, attention_mask=mask).logits,
+                        batch_size, precision, device)
 
 
 def predict(model, tokenizer, texts=None, input_ids=None, **kw) -> list[int]:

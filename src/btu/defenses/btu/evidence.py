@@ -18,8 +18,7 @@ import math
 
 import torch
 
-from ...training.batching import collate, length_bucketed_batches
-from ...training.loop import autocast, resolve_device, resolve_precision
+from ...training.evaluate import forward_rows
 
 DECISIONS = ("unlearn", "keep")
 # a token whose rows are most of the label they lean to leaves a judge fitted without them too little of that label
@@ -27,30 +26,17 @@ DECISIONS = ("unlearn", "keep")
 MAX_LABEL_SHARE = 0.5
 
 
-@torch.no_grad()
 def pooled_features(model, tokenizer, input_ids, batch_size: int = 128, precision: str = "auto") -> torch.Tensor:
     """Mean of the encoder's last hidden states over each row's real tokens (rows x hidden, fp32): what a
     sentence encoder such as all-MiniLM is trained to make meaningful."""
-    dev = resolve_device("auto")
-    prec = resolve_precision(precision, dev)
     encoder = getattr(model, "base_model", model)
-    was_training = model.training
-    model.to(dev).eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    side = getattr(tokenizer, "padding_side", "right")
-    out = None
-    for batch in length_bucketed_batches([len(x) for x in input_ids], batch_size, seed=0, shuffle=False):
-        ids, mask = collate([input_ids[i] for i in batch], pad_id, padding_side=side)
-        ids, mask = ids.to(dev), mask.to(dev)
-        with autocast(dev, prec):
-            hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+
+    def mean_pooled(_, ids, mask):
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         m = mask.unsqueeze(-1).float()
-        pooled = ((hidden * m).sum(1) / m.sum(1).clamp(min=1)).cpu()
-        if out is None:
-            out = torch.empty(len(input_ids), pooled.shape[-1])
-        out[torch.tensor(batch)] = pooled
-    model.train(was_training)
-    return out
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+    return forward_rows(model, tokenizer, input_ids, mean_pooled, batch_size, precision)
 
 
 def standardize(x: torch.Tensor) -> torch.Tensor:
