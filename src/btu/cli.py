@@ -122,16 +122,30 @@ def cmd_attack(a):
 
 
 def cmd_train(a):
-    from .experiment import apply_attack, evaluate_splits, load_splits, run_config, save_run, train_model
+    import shutil
+
+    from .experiment import (
+        apply_attack,
+        checkpoint_folder,
+        evaluate_splits,
+        load_splits,
+        run_config,
+        save_run,
+        train_model,
+    )
     from .report import table
 
     data = data_config(a)
     splits, acfg = apply_attack(load_splits(data, a.seed), attack_config(a), a.seed, **attack_window(a, a.max_length))
     tcfg = train_config(a)
-    model, tok, res = train_model(splits, a.model, tcfg, a.allow_pickle, a.trust_remote_code)
+    ckpt = checkpoint_folder(a.out, a.resume)
+    model, tok, res = train_model(splits, a.model, tcfg, a.allow_pickle, a.trust_remote_code, checkpoint=ckpt)
     metrics = {"train_seconds": res.seconds, "rows_per_second": res.rows_per_second, "steps": res.steps,
                "final_loss": res.final_loss, **evaluate_splits(model, tok, splits)}
     save_run(Path(a.out), model, tok, metrics, run_config("train", a.seed, a.model, data, acfg, tcfg))
+    shutil.rmtree(ckpt, ignore_errors=True)  # the results are safe: the checkpoint has done its job
+    if res.resumed_from:
+        print(f"resumed from the checkpoint at step {res.resumed_from} of {res.steps}")
     print(table([{"model": "trained" + (f" ({acfg['attack']})" if acfg else ""), "CACC": metrics.get("cacc"),
                   "ASR": metrics.get("asr"), "ASR without trigger": metrics.get("asr_no_trigger"),
                   "train s": res.seconds}]))
@@ -209,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(s, out_required=True, train_required=True)
     add_attack(s)
     add_training(s)
+    s.add_argument("--resume", action="store_true", help="continue a killed run from OUT/.checkpoint (its last "
+                                                          "finished epoch; the same numbers as an uninterrupted run)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="CACC and ASR of a trained model folder",
@@ -249,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .defenses import cli as defenses_cli
 
     defenses_cli.register(sub, add_common, add_attack, add_training, EPILOG)
+    from .bench import cli as bench_cli
+
+    bench_cli.register(sub)
     return p
 
 

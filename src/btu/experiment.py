@@ -163,13 +163,25 @@ def evaluate_splits(model, tokenizer, splits: Splits, precision="auto") -> dict:
 
 
 def train_model(splits: Splits, model_spec: str = DEFAULT_MODEL, tcfg: TrainConfig | None = None,
-                allow_pickle=False, trust_remote_code=False):
-    """A fresh classifier from model_spec fine-tuned on splits.train. Returns (model, tokenizer, TrainResult)."""
+                allow_pickle=False, trust_remote_code=False, checkpoint=None):
+    """A fresh classifier from model_spec fine-tuned on splits.train. Returns (model, tokenizer, TrainResult).
+    checkpoint: a folder to checkpoint each epoch in, and to resume from (see training.checkpoint)."""
     tcfg = tcfg or TrainConfig()
     model, tok = load_classifier(model_spec, label_names=splits.train.label_names,
                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    result = train(model, tok, splits.train.texts, splits.train.labels, tcfg)
+    result = train(model, tok, splits.train.texts, splits.train.labels, tcfg, checkpoint=checkpoint)
     return model, tok, result
+
+
+def checkpoint_folder(out, resume: bool, name: str = ".checkpoint") -> Path:
+    """OUT/.checkpoint: where a command's trainings checkpoint. Without --resume an old one is removed (a fresh
+    start); with it, a training finds its checkpoint there and continues."""
+    import shutil
+
+    folder = Path(out) / name
+    if not resume and folder.exists():
+        shutil.rmtree(folder)
+    return folder
 
 
 def save_run(out: Path, model, tokenizer, metrics: dict, config: dict) -> None:

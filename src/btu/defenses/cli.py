@@ -53,8 +53,10 @@ def settings_from(a):
 
 
 def cmd_defend(a):
+    import shutil
+
     from ..cli import attack_config, attack_window, data_config
-    from ..experiment import apply_attack, load_splits
+    from ..experiment import apply_attack, checkpoint_folder, load_splits
     from ..io import check_out_dir
     from .report import metrics_lines, result_table
     from .runner import check_needs, run_defense, write_outputs
@@ -65,11 +67,14 @@ def cmd_defend(a):
     out = check_out_dir(a.out)
     splits, acfg = apply_attack(load_splits(data_config(a), a.seed), attack_config(a), a.seed,
                                 **attack_window(a, a.max_length))
+    ckpt = checkpoint_folder(out, a.resume)
     res = run_defense(cls.name, splits.train, a.model, options=opts, preset=preset, settings=settings_from(a),
                       clean_data=a.clean_data, dev=splits.dev, test=splits.test, poison_test=splits.poison_test,
                       target=splits.target, victim=a.victim, allow_pickle=a.allow_pickle,
-                      trust_remote_code=a.trust_remote_code, extra_report={"attack": acfg or None})
+                      trust_remote_code=a.trust_remote_code, extra_report={"attack": acfg or None},
+                      checkpoints=ckpt)
     write_outputs(res, out)
+    shutil.rmtree(ckpt, ignore_errors=True)
     defense = res.defense
     extra = defense.save(res, out)
     print(result_table(res.report["rows"]))
@@ -183,6 +188,8 @@ def register(sub, add_common, add_attack, add_training, epilog):
     g = add_defense_options(s, "default btu")
     g.add_argument("--no-controls", action="store_true",
                    help="skip the comparison models (no defense; the defense's controls)")
+    g.add_argument("--resume", action="store_true", help="continue a killed run: the victim and the training on "
+                                                         "kept rows resume from OUT/.checkpoint (last finished epoch)")
     s.set_defaults(func=cmd_defend)
 
     s = sub.add_parser("scan", help="run a data-stage defense alone: suspicion scores and the rows it keeps",

@@ -54,7 +54,7 @@ class Context:
 
     def __init__(self, train: TextDataset, model_spec: str, settings: RunSettings, clean_data=None, dev=None,
                  test=None, poison_test=None, target=None, victim=None, allow_pickle=False, trust_remote_code=False,
-                 artifacts: dict | None = None):
+                 artifacts: dict | None = None, checkpoints=None):
         from ..models import load_classifier
 
         self.train, self.settings, self.model_spec = train, settings, model_spec
@@ -65,6 +65,7 @@ class Context:
         self.target = train.label_id(target) if target is not None and self.poison_test is not None else None
         self.allow_pickle, self.trust_remote_code = allow_pickle, trust_remote_code
         self.artifacts = artifacts if artifacts is not None else {}
+        self.checkpoints = Path(checkpoints) if checkpoints is not None else None
         self.timings: dict[str, float] = {}
         seed_everything(settings.seed)  # the new head's initialisation
         self.base, self.tokenizer = load_classifier(model_spec, label_names=names, allow_pickle=allow_pickle,
@@ -75,6 +76,10 @@ class Context:
         self._victim = None
         if victim is not None:  # checked against the data and --model before any training
             self.victim()
+
+    def checkpoint(self, name: str):
+        """The folder where training `name` checkpoints each epoch (and resumes from), or None."""
+        return self.checkpoints / name if self.checkpoints is not None else None
 
     def pretrained(self):
         """A fresh copy of the pretrained model (with the run's seeded head)."""
@@ -100,7 +105,7 @@ class Context:
             return self._victim
         model = self.pretrained()
         res = train(model, self.tokenizer, input_ids=self.input_ids, labels=self.train.labels,
-                    config=self.train_config("victim training"))
+                    config=self.train_config("victim training"), checkpoint=self.checkpoint("victim"))
         self.timings["victim_training"] = res.seconds
         self.timings["victim_epoch"] = res.seconds / max(self.settings.epochs, 1e-9)
         self._victim = model
@@ -214,8 +219,8 @@ def check_needs(defense: Defense, clean_data=None, victim=None, compares: bool =
 def run_defense(name: str, train, model: str = "minilm", options=None, preset: str | None = None,
                 settings: RunSettings | None = None, clean_data=None, dev=None, test=None, poison_test=None,
                 target=None, victim=None, out=None, allow_pickle=False, trust_remote_code=False,
-                keep_models: bool = False, artifacts: dict | None = None, extra_report: dict | None = None
-                ) -> DefenseResult:
+                keep_models: bool = False, artifacts: dict | None = None, extra_report: dict | None = None,
+                checkpoints=None) -> DefenseResult:
     """Run defense `name` on the (possibly poisoned) `train` data and measure it.
 
     train / clean_data / dev / test / poison_test: TextDatasets or data sources. poison_test holds non-target
@@ -223,6 +228,8 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
     folder (or model) to use instead of training one. options: the defense's Options, a dict on top of `preset`,
     or None (the default preset). out: also write OUT/model, report.json, report.md and config.json.
     artifacts: results of earlier runs on the same data and model to reuse (e.g. `btu.detection`).
+    checkpoints: a folder where the victim and the training on a filter's kept rows checkpoint each epoch; a
+    rerun with the same folder continues from there (the caller removes it once the results are written).
     """
     from ..io import check_out_dir
 
@@ -233,7 +240,7 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
         check_out_dir(out)
     ctx = Context(_as_dataset(train, "train"), model, settings, clean_data=clean_data, dev=dev, test=test,
                   poison_test=poison_test, target=target, victim=victim, allow_pickle=allow_pickle,
-                  trust_remote_code=trust_remote_code, artifacts=artifacts)
+                  trust_remote_code=trust_remote_code, artifacts=artifacts, checkpoints=checkpoints)
     state, steps = RunState(), defense.steps()
     run_steps(ctx, state, steps)
     if steps[-1][0] == "data":  # filter, then ordinary training on the kept rows: the one composition
@@ -307,8 +314,10 @@ def train_on_kept(ctx: Context, kept: FilterResult, overrides: dict):
     over = dict(overrides)
     objective = over.pop("objective", None)
     desc = over.pop("desc", "training on the kept rows")
+    resumable = objective is None or objective.resumable
     train(model, ctx.tokenizer, input_ids=kept.input_ids, labels=list(kept.dataset.labels),
-          config=ctx.train_config(desc, seed_offset=1, **over), objective=objective)
+          config=ctx.train_config(desc, seed_offset=1, **over), objective=objective,
+          checkpoint=ctx.checkpoint("kept") if resumable else None)
     return model
 
 

@@ -54,15 +54,17 @@ def _make_dropout(source: MaskSource, original):
 
 @contextlib.contextmanager
 def fast_dropout(seed: int, enabled: bool = True):
-    """Within this block, CPU dropout draws its masks from PCG64(seed)."""
+    """Within this block, CPU dropout draws its masks from PCG64(seed). Yields the MaskSource (None when not
+    enabled): its `bits.state` is what a checkpoint keeps to resume the same masks."""
     if not enabled:
-        yield
+        yield None
         return
+    source = MaskSource(seed)
     with _lock:
         original = F.dropout
-        F.dropout = _make_dropout(MaskSource(seed), original)
+        F.dropout = _make_dropout(source, original)
     try:
-        yield
+        yield source
     finally:
         with _lock:
             F.dropout = original

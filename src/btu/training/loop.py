@@ -16,6 +16,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import ConfigError
+from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
 from .batching import collate, encode, length_bucketed_batches
 from .dropout import fast_dropout
@@ -86,6 +87,7 @@ class TrainResult:
     seconds: float = 0.0
     final_loss: float = float("nan")
     losses: list = field(default_factory=list)
+    resumed_from: int = 0  # the step a checkpoint resumed from (0: a fresh start)
 
     @property
     def rows_per_second(self) -> float:
@@ -126,11 +128,14 @@ def param_groups(model, params, cfg: TrainConfig) -> list[dict]:
 
 
 def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None = None, input_ids=None,
-          on_step=None, optimizer=None, objective: Objective | None = None) -> TrainResult:
+          on_step=None, optimizer=None, objective: Objective | None = None, checkpoint=None) -> TrainResult:
     """Fine-tune `model` in place on (texts or pre-tokenized input_ids, labels), minimising `objective`
     (CrossEntropy() by default; WeightedCrossEntropy, Distillation or a defense's own: see objectives.py).
 
     on_step(step, model) runs after every optimizer step (BTU records embedding distances).
+    checkpoint: a folder; the state is saved there at each epoch's end, and a run that finds a checkpoint of the
+    same training there continues from it (checkpoint.py; the caller clears it when its results are safe).
+    Needs a resumable objective and no on_step. result.rows counts the rows trained in this call.
     """
     cfg = config or TrainConfig()
     objective = objective if objective is not None else CrossEntropy()
@@ -172,7 +177,24 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     # only what the objective asks for: the default forward call stays the plain one
     wants = {k: True for k in ("output_hidden_states", "output_attentions") if getattr(objective, k)}
     result = TrainResult()
+    saved = None
+    if checkpoint is not None:
+        if on_step is not None or not objective.resumable:
+            raise ValueError("checkpoint: needs no on_step and an objective with resumable = True")
+        fp = ckpt.fingerprint(cfg.to_dict(), input_ids, labels, objective, model)
+        saved = ckpt.load(checkpoint, fp, device)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            objective.load_state_dict(saved["objective"])
+            with torch.no_grad():
+                for p, v in zip(extra, saved["extra"]):
+                    p.copy_(v)
+            result.losses, result.resumed_from = list(saved["losses"]), saved["step"]
     bar = _progress(total_steps, cfg)
+    if bar is not None and result.resumed_from:
+        bar.update(result.resumed_from)
 
     def one_step(rows) -> float:
         ids, mask = collate([input_ids[i] for i in rows], pad_id, padding_side=side)
@@ -199,16 +221,26 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
         for epoch in itertools.count():
             yield from length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
 
+    def save_checkpoint(masks):
+        ckpt.save(checkpoint, {"fingerprint": fp, "step": step, "losses": result.losses,
+                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "objective": objective.state_dict(),
+                               "extra": [p.detach() for p in extra], "rng": ckpt.rng_state(masks)})
+
     start = time.perf_counter()
-    step = 0
+    step = result.resumed_from
     try:
-        with fast_dropout(cfg.seed, enabled=cfg.fast_dropout and device.type == "cpu"):
-            for batch in itertools.islice(batches(), total_steps):
+        with fast_dropout(cfg.seed, enabled=cfg.fast_dropout and device.type == "cpu") as masks:
+            if saved is not None:
+                ckpt.set_rng_state(saved["rng"], masks)
+            for batch in itertools.islice(batches(), result.resumed_from, total_steps):
                 result.losses.append(one_step(batch))
                 step += 1
                 result.rows += len(batch)
                 if on_step is not None:
                     on_step(step, model)
+                if checkpoint is not None and (step % n_batches == 0 or step == total_steps):
+                    save_checkpoint(masks)  # the last one is the finished model: a rerun restores it, no step
                 if bar is not None:
                     el = time.perf_counter() - start
                     bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.3f}",

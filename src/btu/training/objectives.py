@@ -55,6 +55,15 @@ class Objective:
 
     output_hidden_states = False
     output_attentions = False
+    # a checkpointed run can resume this objective mid-training: it holds no state beyond its parameters()
+    # (which the checkpoint keeps) and what state_dict() returns
+    resumable = False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def setup(self, model, device, n_rows: int) -> None:
         pass
@@ -76,6 +85,8 @@ class CrossEntropy(Objective):
     """Mean cross-entropy: exactly what Hugging Face's sequence classifiers compute when given labels=
     (single-label CE on logits.view(-1, num_labels); under autocast torch runs it in float32)."""
 
+    resumable = True
+
     def setup(self, model, device, n_rows):
         # HF's forward recorded this when it received labels=; kept so saved configs do not change
         config = getattr(model, "config", None)
@@ -90,6 +101,8 @@ class CrossEntropy(Objective):
 class WeightedCrossEntropy(Objective):
     """Cross-entropy with per-class weights (the weighted mean torch takes: normalised by the weights' sum);
     see `balanced_class_weights`."""
+
+    resumable = True
 
     def __init__(self, weights):
         self.weights = [float(w) for w in weights]

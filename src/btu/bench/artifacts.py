@@ -1,0 +1,54 @@
+"""The artifact cache: expensive intermediate results, stored by the hash of what made them and shared between
+cells. A victim (the model trained on the poisoned set) depends on the data, the attack, the model, the run
+settings and the seed, not on the defense: one serves every defense and every BTU variant of its cell group.
+
+Layout: CACHE/victims/KEY/model (a Hugging Face folder, safetensors) and CACHE/victims/KEY/victim.json (what
+made it); CACHE/checkpoints/CELL/ holds a running cell's epoch checkpoints. Each entry is written to a temporary
+folder and moved into place, so a killed run never leaves a half-written one. Every worker of a Ray run must
+see the same CACHE path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..io import atomic_write_json, replace_dir
+
+
+class ArtifactCache:
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def victim_dir(self, key: str) -> Path:
+        return self.root / "victims" / key
+
+    def victim(self, key: str) -> Path | None:
+        """The cached victim's model folder, or None."""
+        d = self.victim_dir(key)
+        return d / "model" if (d / "victim.json").is_file() and (d / "model").is_dir() else None
+
+    def save_victim(self, key: str, model, tokenizer, made_by: dict) -> Path:
+        from ..models import save_model
+
+        final = self.victim_dir(key)
+        tmp = final.with_name(f".{key}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tokenizer, tmp / "model")
+        atomic_write_json(tmp / "victim.json", made_by)  # last: its presence marks the entry complete
+        final.parent.mkdir(parents=True, exist_ok=True)
+        replace_dir(tmp, final)
+        return final / "model"
+
+    def checkpoints(self, cell_key: str) -> Path:
+        """Where a cell's trainings checkpoint each epoch: a killed cell resumes from there; removed once the
+        cell is stored."""
+        return self.root / "checkpoints" / cell_key
+
+    def clear_checkpoints(self, cell_key: str) -> None:
+        shutil.rmtree(self.checkpoints(cell_key), ignore_errors=True)
+
+    def victims(self) -> list[str]:
+        d = self.root / "victims"
+        return sorted(p.name for p in d.iterdir() if (p / "victim.json").is_file()) if d.is_dir() else []

@@ -1,0 +1,108 @@
+"""Run one cell of a grid: load and poison its data, take its victim from the cache (or train it and cache it),
+run its defense through the runner every command uses, and return the record the store keeps.
+
+A plain function of (cell, cache folder): the in-process executor calls it, and so does each Ray task.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+import traceback
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import BtuError
+from .artifacts import ArtifactCache
+from .grid import Cell
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> dict:
+    """The commit of the btu checkout that runs (and whether it had uncommitted changes), where it is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def provenance() -> dict:
+    import os
+
+    import torch
+
+    from .. import __version__
+    from ..experiment import environment
+
+    machine = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(0)
+    return {"btu": __version__, **environment(), "git": git_commit(), "machine": machine}
+
+
+def run_cell(cell: Cell, cache_root, progress: bool = False) -> dict:
+    """The store's record of one cell: status done with its metrics, or failed with the error."""
+    start, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S")
+    record = {"key": cell.key, "grid": cell.grid, "data": cell.labels["data"], "model": cell.labels["model"],
+              "attack": cell.labels["attack"], "defense": cell.labels["defense"], "defense_name": cell.defense,
+              "seed": cell.seed, "config": {**cell.config(), "preset": cell.preset, "labels": cell.labels},
+              "started": started, "provenance": provenance()}
+    try:
+        report, artifacts = _run(cell, ArtifactCache(cache_root), progress)
+        record.update(status="done", metrics=report.get("metrics"), report=report,
+                      timings=report.get("timings"), artifacts=artifacts)
+    except KeyboardInterrupt:
+        raise
+    except BtuError as e:
+        record.update(status="failed", error=str(e))
+    except Exception:  # a bug: the traceback goes into the store, and the other cells still run
+        record.update(status="failed", error=traceback.format_exc())
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
+    from ..defenses.base import get_defense
+    from ..defenses.options import from_dict
+    from ..defenses.runner import Context, RunSettings, run_defense
+    from ..experiment import AttackConfig, DataConfig, apply_attack, load_splits
+    from ..models import load_tokenizer
+
+    settings = RunSettings(**cell.settings, seed=cell.seed, progress=progress, controls=True)
+    t0 = time.perf_counter()
+    splits = load_splits(DataConfig(**cell.data_path), cell.seed)
+    acfg = AttackConfig(**cell.attack) if cell.attack else AttackConfig()
+    window = {"tokenizer": load_tokenizer(cell.model_path), "max_length": settings.max_length} if cell.attack else {}
+    splits, attack_record = apply_attack(splits, acfg, cell.seed, **window)
+    data_seconds = time.perf_counter() - t0
+    cached = cache.victim(cell.victim_key)
+    kw = dict(dev=splits.dev, test=splits.test, poison_test=splits.poison_test, target=splits.target,
+              victim=cached, checkpoints=cache.checkpoints(cell.key))
+    if cell.defense == "none":
+        ctx = Context(splits.train, cell.model_path, settings, **kw)
+        model = ctx.victim()
+        with ctx.timed("measure"):
+            measured = ctx.measure(model)
+        metrics = {k: measured.get(k) for k in ("cacc", "asr", "asr_no_trigger", "dev_cacc") if k in measured}
+        report = {"defense": "none", "metrics": metrics, "rows": [{"model": "no defense", **measured}],
+                  "timings": dict(ctx.timings), "attack": attack_record or None}
+    else:
+        cls = get_defense(cell.defense)
+        res = run_defense(cell.defense, splits.train, cell.model_path, options=from_dict(cls.Options, cell.options),
+                          preset=cell.preset, settings=settings, extra_report={"attack": attack_record or None}, **kw)
+        ctx, report = res.context, res.report
+    report["timings"]["data"] = data_seconds
+    artifacts = {"victim": {"key": cell.victim_key, "cached": cached is not None}}
+    if cached is None and ctx.has_victim:
+        cache.save_victim(cell.victim_key, ctx.victim(), ctx.tokenizer,
+                          {"made_by": cell.key, "config": cell.victim_config()})
+    return report, artifacts

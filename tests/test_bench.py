@@ -1,0 +1,257 @@
+"""Grid files, the SQLite store, the victim cache, the executors and the reports, on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from test_btu_detection import planted
+
+from btu.bench import Store, load_grid, run_bench
+from btu.bench.figures import ablations, make_figures
+from btu.bench.report import summarize, write_report
+from btu.cli import main
+from btu.data import write_file
+from btu.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUICK_BTU = {"alpha": 0.01, "detect_lr": 5e-3, "shallow_lr": 5e-3, "repair_lr": 1e-3, "detect_batch_size": 16,
+             "shallow_batch_size": 16, "decide": "all"}
+
+
+@pytest.fixture
+def study(tmp_path, tiny_bert):
+    """A folder with planted data (the trigger `cf` in 10 % of the training rows) and a grid-file writer."""
+    write_file(planted(96, seed=1), tmp_path / "data" / "train.tsv")
+    write_file(planted(40, rate=0.0, seed=2), tmp_path / "data" / "test.tsv")
+    write_file(planted(24, rate=1.0, seed=3), tmp_path / "data" / "test-poisoned.tsv")
+
+    def grid(name="g", **over):
+        g = {"name": name, "data": [{"train": "data", "test": "data/test.tsv",
+                                     "poison_test": "data/test-poisoned.tsv", "label": "planted"}],
+             "model": [str(tiny_bert)], "attack": ["none"],
+             "defense": ["none", {"name": "btu", "set": QUICK_BTU, "label": "btu"}], "seed": [0],
+             "set": {"epochs": 2, "batch_size": 16, "lr": 5e-3}}
+        g.update(over)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(g))
+        return path
+
+    return grid
+
+
+def bad_grid(tmp_path, text):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text, says", [
+    ("data: [sst2]\ndefense: [none]\nseeds: [0]\n", "unknown key 'seeds' in grid (did you mean 'seed'?)"),
+    ("data: [sst2]\ndefense: [nope]\n", "defense[0]: name: unknown defense 'nope'"),
+    ("data: [sst2]\nattack: [addwrd]\ndefense: [none]\n", "attack[0]: name: unknown attack 'addwrd'"),
+    ("data: [sst2]\nattack: [{name: addword, sentence: hi}]\ndefense: [none]\n",
+     "attack[0]: unknown key 'sentence' in attack 'addword'"),
+    ("data: [sst2]\nattack: [{name: addword, insertions: two}]\ndefense: [none]\n",
+     "attack[0]: insertions: expects int"),
+    ("data: [sst2]\ndefense: [{name: btu, set: {alfa: 1}}]\n", "defense[0]: set: unknown option 'alfa'"),
+    ("data: [sst2]\ndefense: [{name: btu, set: {alpha: high}}]\n", "alpha"),
+    ("data: [sst2]\ndefense: [{name: btu, recipe: fast}]\n", "recipe: defense 'btu' has the recipes"),
+    ("data: [sst2]\ndefense: [none]\nset: {epochs: three}\n", "set: epochs: expects a number"),
+    ("data: [sst2]\ndefense: [none]\nset: {alpha: 1}\n", "unknown key 'alpha' in the run settings"),
+    ("data: [./missing.tsv]\ndefense: [none]\n", "data[0]: train: ./missing.tsv: no such file or folder"),
+    ("data: [sst2]\ndefense: [none]\nseed: [-1]\n", "seed[0]: expects a whole number"),
+    ("data: [sst2]\ndefense: [none, none]\n", "two entries make the same cell"),
+    ("defense: [none]\n", "data: required"),
+    ("data: [sst2\n", "not valid YAML"),
+])
+def test_a_bad_grid_is_refused_naming_the_file_and_the_key(tmp_path, text, says, capsys):
+    path = bad_grid(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_grid(path)
+    assert str(e.value).startswith(str(path)) and says in str(e.value)
+    assert main(["bench", str(path)]) == 2  # one line, exit 2, before any training
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and not (tmp_path / "bad.sqlite").exists()
+
+
+def test_the_grid_crosses_its_lists_and_hashes_the_resolved_configuration(study):
+    g = load_grid(study(attack=["none", {"name": "addword", "rate": 0.05}], seed=[0, 1]))
+    assert len(g.cells) == 1 * 1 * 2 * 2 * 2
+    assert len({c.key for c in g.cells}) == len(g.cells)
+    assert len({c.victim_key for c in g.cells}) == 4  # the defenses share a victim
+    # the defense varies fastest: a victim's cells run one after another
+    assert [c.defense for c in g.cells[:2]] == ["none", "btu"] and g.cells[0].victim_key == g.cells[1].victim_key
+    btu = next(c for c in g.cells if c.defense == "btu")
+    assert btu.options["alpha"] == 0.01 and btu.options["decide"] == "all" and "rounds" in btu.options  # full options
+    # the same configuration written another way is the same cell; a changed option is another
+    same = load_grid(study(name="g2", set={"epochs": 2.0, "batch_size": 16, "lr": 0.005, "max_length": 128},
+                           attack=["none", {"name": "addword", "rate": 0.05}], seed=[0, 1]))
+    assert [c.key for c in same.cells] == [c.key for c in g.cells]
+    other = load_grid(study(name="g3", defense=[{"name": "btu", "set": {**QUICK_BTU, "alpha": 0.02}}]))
+    assert other.cells[0].key not in {c.key for c in g.cells}
+
+
+def test_bench_stores_each_cell_shares_victims_and_skips_stored_cells_on_rerun(study, tmp_path, capsys):
+    grid = study(seed=[0, 1])
+    run = run_bench(grid, progress=False, echo=lambda s: None)
+    store = Store(tmp_path / "g.sqlite", create=False)
+    recs = store.records()
+    assert len(recs) == 4 and {r["status"] for r in recs} == {"done"}
+    assert run.victims_trained == 2  # one per seed, not one per cell
+    btu = [r for r in recs if r["defense"] == "btu"]
+    assert all(r["artifacts"]["victim"]["cached"] for r in btu)
+    for r in recs:  # what makes a number traceable
+        assert r["config"]["seed"] == r["seed"] and r["config"]["options"] == (r["config"]["options"] or {})
+        assert r["provenance"]["torch"] and r["provenance"]["machine"]["cpus"] and "git" in r["provenance"]
+        assert r["timings"]["data"] >= 0 and r["seconds"] > 0
+        assert 0 <= r["metrics"]["cacc"] <= 100 and 0 <= r["metrics"]["asr"] <= 100
+    assert btu[0]["metrics"]["no_defense"]["cacc"] == next(
+        r for r in recs if r["defense"] == "none" and r["seed"] == btu[0]["seed"])["metrics"]["cacc"]
+    started = {r["key"]: r["started"] for r in recs}
+    store.close()
+    # a rerun runs nothing and changes nothing
+    again = run_bench(grid, progress=False, echo=lambda s: None)
+    assert not again.ran and len(again.cached) == 4
+    assert {r["key"]: r["started"] for r in Store(tmp_path / "g.sqlite").records()} == started
+    # the CLI prints the table in the papers' layout
+    assert main(["bench", str(grid), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "4 in" in out and "0 to run" in out and "planted" in out and "none" in out and "btu" in out
+    # --dry-run lists every cell with its state
+    assert main(["bench", str(grid), "--dry-run", "--store", str(tmp_path / "new.sqlite"), "--cache",
+                 str(tmp_path / "g.artifacts")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": to run") == 4 and out.count("victim cached") == 4
+
+
+def test_a_cached_victim_gives_the_numbers_a_trained_one_gives(study, tmp_path):
+    shared = run_bench(study(), progress=False, echo=lambda s: None)  # btu loads the victim the none cell trained
+    alone = run_bench(study(name="alone", defense=[{"name": "btu", "set": QUICK_BTU, "label": "btu"}]),
+                      progress=False, echo=lambda s: None)  # btu trains its own
+    a = next(r for r in shared.ran if r["defense"] == "btu")
+    b = alone.ran[0]
+    assert a["key"] == b["key"] and a["artifacts"]["victim"]["cached"] and not b["artifacts"]["victim"]["cached"]
+    assert a["metrics"] == b["metrics"]
+
+
+def test_a_failed_cell_is_stored_as_failed_and_runs_again(study, tmp_path):
+    grid = study(data=[{"train": "data", "test": "data/test.tsv", "poison_test": "data/test-poisoned.tsv"}],
+                 attack=[{"name": "addword", "target": "nosuchlabel"}], defense=["none"])
+    with pytest.raises(Exception) as e:
+        run_bench(grid, progress=False, echo=lambda s: None)
+    assert "1 of 1 cells failed" in str(e.value) and "nosuchlabel" in str(e.value)
+    store = Store(tmp_path / "g.sqlite")
+    assert not store.records() and "nosuchlabel" in store.records(status="failed")[0]["error"]
+    assert not store.done()
+
+
+def test_a_run_killed_mid_cell_loses_no_finished_cell(study, tmp_path):
+    grid = study(seed=[0, 1, 2, 3], defense=["none"], set={"epochs": 30, "batch_size": 16, "lr": 5e-3})
+    db = tmp_path / "g.sqlite"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "btu", "bench", str(grid), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db, timeout=5) as c:
+                        if c.execute("SELECT count(*) FROM cells").fetchone()[0] >= 1:
+                            break
+                except sqlite3.OperationalError:
+                    pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed: make its cells longer"
+        os.kill(proc.pid, signal.SIGKILL)  # mid-cell: the next cell is training
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = Store(db)
+    assert store.check() == "ok"
+    kept = {r["key"]: r["started"] for r in store.records()}
+    assert 1 <= len(kept) < 4
+    store.close()
+    run = run_bench(grid, progress=False, echo=lambda s: None)
+    assert len(run.cached) == len(kept) and len(run.ran) == 4 - len(kept)
+    after = {r["key"]: r["started"] for r in Store(db).records()}
+    assert len(after) == 4 and all(after[k] == v for k, v in kept.items())
+
+
+def test_report_writes_the_tables_and_a_page(study, tmp_path, capsys):
+    grid = study(seed=[0, 1])
+    run_bench(grid, progress=False, echo=lambda s: None)
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "g.sqlite"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "g: planted" in text and "(n=2)" in text
+    for f in ("report.md", "report.csv", "report.json", "index.html"):
+        assert (out / f).is_file()
+    data = json.loads((out / "report.json").read_text())
+    s = {e["defense"]: e for e in data["summary"]}
+    assert set(s) == {"none", "btu"} and s["btu"]["n"] == 2 and s["btu"]["seeds"] == [0, 1]
+    recs = Store(tmp_path / "g.sqlite").records()
+    want = sum(r["metrics"]["cacc"] for r in recs if r["defense"] == "btu") / 2
+    assert s["btu"]["cacc"]["mean"] == pytest.approx(want)
+    csv_rows = (out / "report.csv").read_text().splitlines()
+    assert len(csv_rows) == 3 and csv_rows[0].startswith("grid,data,model,defense,attack,n")
+    page = (out / "index.html").read_text()
+    assert page.count("<table") == 1 and "sortable" in page and "btu" in page and "http" not in page
+    assert "| defense |" in (out / "report.md").read_text()
+    assert main(["report", str(tmp_path / "nope.sqlite")]) == 2
+
+
+def _record(alpha, attack, seed, cacc, asr):
+    return {"grid": "ab", "data": "d", "model": "m", "defense": f"btu alpha={alpha}", "defense_name": "btu",
+            "attack": attack, "seed": seed, "config": {"options": {"alpha": alpha, "rounds": [1, 2, 3]},
+                                                       "preset": "unlearn"},
+            "metrics": {"cacc": cacc, "asr": asr}, "seconds": 1.0}
+
+
+def test_an_option_that_varies_alone_becomes_an_ablation_figure():
+    recs = [_record(a, att, s, 80 + a, 50 - 10 * a + s) for a in (1, 2, 3) for att in ("addword", "addsent")
+            for s in (0, 1)]
+    (ab,) = ablations(recs)
+    assert ab["option"] == "alpha" and set(ab["series"]) == {"addword", "addsent"}
+    assert ab["series"]["addword"] == [(1.0, 81, 40.5), (2.0, 82, 30.5), (3.0, 83, 20.5)]
+    figs = make_figures(recs)
+    assert len(figs) == 1 and next(iter(figs.values())).startswith(b"\x89PNG")
+    # two options varying at once are not an ablation
+    recs[0]["config"]["options"]["rounds"] = [1]
+    assert ablations(recs) == []
+    assert len(summarize(recs)) == 6
+
+
+def test_report_of_an_empty_store_says_so(tmp_path, capsys):
+    Store(tmp_path / "empty.sqlite").close()
+    assert main(["report", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "r")]) == 0
+    assert "no finished cells" in capsys.readouterr().out
+    assert "no finished cells" in (tmp_path / "r" / "index.html").read_text()
+    write_report([], tmp_path / "r2")
+    assert (tmp_path / "r2" / "report.csv").read_text().startswith("grid,")
+
+
+def test_ray_runs_the_same_cells_into_the_store(study, tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'btu[ray]')")
+    grid = study()
+    local = run_bench(grid, tmp_path / "local.sqlite", progress=False, echo=lambda s: None)
+    lines = []
+    ray_run = run_bench(grid, tmp_path / "ray.sqlite", executor="ray", num_cpus=2, echo=lines.append)
+    assert len(ray_run.ran) == 2 and ray_run.victims_trained == 1  # btu waited for the victim none trained
+    a = {r["key"]: r["metrics"] for r in Store(tmp_path / "local.sqlite").records()}
+    b = {r["key"]: r["metrics"] for r in Store(tmp_path / "ray.sqlite").records()}
+    assert a == b and len(a) == len(local.ran) == 2
+    assert any("victim cached" in line for line in lines)
+    assert main(["bench", str(grid), "--address", "auto"]) == 2  # an address needs --executor ray
+    assert "--executor ray" in capsys.readouterr().err
