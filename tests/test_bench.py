@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -208,6 +210,13 @@ def test_report_writes_the_tables_and_a_page(study, tmp_path, capsys):
     assert len(csv_rows) == 3 and csv_rows[0].startswith("grid,data,model,defense,attack,n")
     page = (out / "index.html").read_text()
     assert page.count("<table") == 1 and "sortable" in page and "btu" in page and "http" not in page
+    # the BTU paper's Figure 1 (detection distances of the btu cell) and Figure 4 (t-SNE, no defense beside btu)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert any(n.endswith("-distances.png") for n in pngs) and any(n.endswith("-tsne.png") for n in pngs)
+    assert page.count('src="data:image/png;base64,') == len(pngs)
+    btu_report = next(r for r in recs if r["defense"] == "btu")["report"]
+    curves = btu_report["rounds"][0]["curves"]
+    assert len(curves["steps"]) == len(curves["clean_mean"]) and curves["tokens"]
     assert "| defense |" in (out / "report.md").read_text()
     assert main(["report", str(tmp_path / "nope.sqlite")]) == 2
 
@@ -255,3 +264,34 @@ def test_ray_runs_the_same_cells_into_the_store(study, tmp_path, capsys):
     assert any("victim cached" in line for line in lines)
     assert main(["bench", str(grid), "--address", "auto"]) == 2  # an address needs --executor ray
     assert "--executor ray" in capsys.readouterr().err
+
+
+def chromium():
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def header_pixels(page: Path, tmp_path: Path) -> int:
+    """Screenshot `page` in headless Chromium; count the pixels of the tables' header background (#f3f3f3)."""
+    from PIL import Image
+
+    shot = tmp_path / f"{page.parent.name}.png"
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1000,700", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    import numpy as np
+
+    px = np.asarray(Image.open(shot).convert("RGB"))
+    return int((px == (243, 243, 243)).all(-1).sum())
+
+
+def test_the_html_page_shows_its_table_in_a_browser(tmp_path):
+    if chromium() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; `make test` installs it where it can)")
+    recs = [_record(a, att, s, 80 + a, 50 - 10 * a + s) for a in (1, 2) for att in ("addword", "addsent")
+            for s in (0, 1)]
+    write_report(recs, tmp_path / "full")
+    write_report([], tmp_path / "empty")
+    shown = header_pixels(tmp_path / "full" / "index.html", tmp_path)
+    assert shown > 3000, "the screenshot shows no table header"
+    # the same check on a page without a table finds (almost) none: the count is the table's, not the page's
+    assert header_pixels(tmp_path / "empty" / "index.html", tmp_path) < 300

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import BtuError
 from .artifacts import ArtifactCache
+from .features import save_features
 from .grid import Cell
 
 
@@ -99,9 +100,15 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
         cls = get_defense(cell.defense)
         res = run_defense(cell.defense, splits.train, cell.model_path, options=from_dict(cls.Options, cell.options),
                           preset=cell.preset, settings=settings, extra_report={"attack": attack_record or None}, **kw)
-        ctx, report = res.context, res.report
+        ctx, report, model = res.context, res.report, res.model
     report["timings"]["data"] = data_seconds
     artifacts = {"victim": {"key": cell.victim_key, "cached": cached is not None}}
+    t0 = time.perf_counter()
+    feats = save_features(cache.root / "features" / f"{cell.key}.npz", model, ctx.tokenizer, ctx.test,
+                          ctx.poison_test, cell.seed, settings.max_length, settings.precision)
+    report["timings"]["features"] = time.perf_counter() - t0
+    if feats is not None:
+        artifacts["features"] = str(feats.resolve())
     if cached is None and ctx.has_victim:
         cache.save_victim(cell.victim_key, ctx.victim(), ctx.tokenizer,
                           {"made_by": cell.key, "config": cell.victim_config()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import statistics
+import textwrap
 from collections import OrderedDict
 
 
@@ -97,6 +98,90 @@ def ablation_png(ab: dict) -> bytes:
     return _png(fig)
 
 
+def first_seed(records) -> list[dict]:
+    """Of each (grid, data, model, attack, defense), the record of the smallest seed: one figure, not one per seed."""
+    best: OrderedDict[tuple, dict] = OrderedDict()
+    for r in records:
+        k = (r["grid"], r["data"], r["model"], r["attack"], r["defense"])
+        if k not in best or r["seed"] < best[k]["seed"]:
+            best[k] = r
+    return list(best.values())
+
+
+def curves_png(record) -> bytes | None:
+    """Figure 1: embedding distance over detection training, the flagged tokens against the band of the rest."""
+    rounds = [r for r in (record.get("report") or {}).get("rounds", []) if r.get("curves")]
+    if not rounds:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(rounds), figsize=(4.2 * len(rounds), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], rounds):
+        c = r["curves"]
+        if c["clean_mean"]:
+            ax.fill_between(c["steps"], c["clean_p05"], c["clean_p95"], color="tab:blue", alpha=0.2,
+                            label="other tokens 5-95 %")
+            ax.plot(c["steps"], c["clean_mean"], color="tab:blue", label="other tokens, mean")
+            ax.plot(c["steps"], c["clean_max"], color="tab:blue", ls=":", lw=1, label="other tokens, max")
+        for token, ys in c["tokens"].items():
+            ax.plot(c["steps"], ys, lw=1.8, label=f"flagged '{token}'")
+        ax.set_title(f"round {r['round']}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("L2 distance from pretrained")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"{record['grid']}: detection on {record['data']} + {record['attack']} (seed {record['seed']})",
+                 fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def tsne_png(title: str, panels: list[tuple[str, dict]]) -> bytes | None:
+    """Figure 4: t-SNE of the [CLS] features, clean rows by label and poisoned rows, one panel per model."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        return None
+    import numpy as np
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), squeeze=False)
+    for ax, (name, f) in zip(axes[0], panels):
+        x = np.concatenate([f["clean"], f["poisoned"]])
+        n = len(f["clean"])
+        emb = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=0).fit_transform(x)
+        names = [str(v) for v in f["label_names"]]
+        for lab in sorted(set(f["clean_labels"].tolist())):
+            m = f["clean_labels"] == lab
+            ax.scatter(emb[:n][m, 0], emb[:n][m, 1], s=6, alpha=0.6, label=f"clean: {names[lab]}")
+        ax.scatter(emb[n:, 0], emb[n:, 1], s=8, marker="x", color="black", alpha=0.7, label="poisoned")
+        ax.set_title(textwrap.shorten(name, 48, placeholder=" ..."), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def tsne_figures(records) -> dict[str, bytes]:
+    """One t-SNE figure per (grid, data, model, attack): no defense beside each defense, at the first seed."""
+    from .features import load_features
+
+    groups: OrderedDict[tuple, list] = OrderedDict()
+    for r in first_seed(records):
+        if (r.get("artifacts") or {}).get("features"):
+            groups.setdefault((r["grid"], r["data"], r["model"], r["attack"]), []).append(r)
+    out = {}
+    for (grid, data, model, attack), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["defense_name"] != "none")  # no defense first
+        panels = [(("no defense" if r["defense_name"] == "none" else r["defense"]), f) for r in rs
+                  if (f := load_features(r["artifacts"]["features"])) is not None]
+        if len(panels) >= 1:
+            png = tsne_png(f"{grid}: [CLS] features on {data} + {attack}, {model}", panels)
+            if png is not None:
+                out[_safe(f"{grid}-{data}-{attack}-tsne") + ".png"] = png
+    return out
+
+
 def make_figures(records) -> dict[str, bytes]:
     """name -> PNG bytes, for every figure the records allow (none without matplotlib)."""
     if _plt() is None:
@@ -104,6 +189,12 @@ def make_figures(records) -> dict[str, bytes]:
     figs = {}
     for ab in ablations(records):
         figs[_safe(ab["name"]) + ".png"] = ablation_png(ab)
+    for r in first_seed(records):
+        if r["defense_name"] in ("btu", "btu-detect"):
+            png = curves_png(r)
+            if png is not None:
+                figs[_safe(f"{r['grid']}-{r['data']}-{r['attack']}-{r['defense']}-distances") + ".png"] = png
+    figs.update(tsne_figures(records))
     return figs
 
 

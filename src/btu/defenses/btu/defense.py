@@ -21,7 +21,7 @@ from ...training.batching import encode
 from ...training.objectives import Distillation, WeightedCrossEntropy, balanced_class_weights
 from ..base import Defense, FilterResult, register
 from .config import DEFAULT_RECIPE, RECIPES, BTUConfig, BTUOptions
-from .detection import detect
+from .detection import detect, distance_curves
 from .evidence import pooled_features
 from .pipeline import (
     agreeing,
@@ -303,6 +303,16 @@ class BTUWork:
         return FilterResult(list(self.keep), ds, self.repair_ids, scores)
 
     # the report ---------------------------------------------------------------------------------------------------
+    def curves(self, r) -> dict:
+        """The round's distance curves (Figure 1), its flagged tokens by name."""
+        present = r.counts > 0 if r.counts is not None else torch.zeros(r.history.shape[1], dtype=torch.bool)
+        if r.counts is None:
+            present[sorted({t for row in self.ctx.input_ids for t in row})] = True
+        present[list(self.ctx.tokenizer.all_special_ids)] = False
+        c = distance_curves(r, present)
+        c["tokens"] = {self.ctx.tokenizer.convert_ids_to_tokens(t): v for t, v in c["tokens"].items()}
+        return c
+
     def report(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
         tok, names, det = ctx.tokenizer, ctx.train.label_names, self.detection
@@ -310,7 +320,8 @@ class BTUWork:
                "flagged_rows": flagged_row_stats(self.candidates, ctx.train, cfg.repair_token_max_rows),
                "decide": cfg.decide,
                "rounds": [{"round": r.round, "seconds": r.seconds, "final_loss": r.final_loss,
-                           "flagged": [[tok.convert_ids_to_tokens(t), d] for t, d in r.flagged]} for r in det.rounds]}
+                           "flagged": [[tok.convert_ids_to_tokens(t), d] for t, d in r.flagged],
+                           "curves": self.curves(r)} for r in det.rounds]}
         if self.info is not None:
             info = self.info
             out["unlearning"] = {k: v for k, v in info.items() if k not in ("replaced_dims", "tokens")} \

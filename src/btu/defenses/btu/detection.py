@@ -120,6 +120,24 @@ class DistanceRecorder:
         return torch.stack(self.rows)
 
 
+def distance_curves(r: RoundResult, present: torch.Tensor, highlight: int = 6, points: int = 60) -> dict:
+    """What the paper's Figure 1 draws, small enough for a report: at up to `points` recorded steps, the
+    mean, 5th and 95th percentile and maximum distance of the tokens present in the round's data that it did
+    not flag, and the curve of each of its `highlight` top flagged tokens (by id)."""
+    h = r.history.float()
+    keep = sorted({round(i * (len(r.history_steps) - 1) / max(1, points - 1)) for i in range(points)})
+    h = h[keep]
+    flagged = [t for t, _ in r.flagged]
+    mask = present.clone()
+    mask[flagged] = False
+    clean = h[:, mask]
+    q = torch.quantile(clean, torch.tensor([0.05, 0.95]), dim=1) if clean.shape[1] else torch.zeros(2, len(keep))
+    return {"steps": [r.history_steps[i] for i in keep],
+            "clean_mean": clean.mean(1).tolist() if clean.shape[1] else [], "clean_p05": q[0].tolist(),
+            "clean_p95": q[1].tolist(), "clean_max": clean.max(1).values.tolist() if clean.shape[1] else [],
+            "tokens": {int(t): h[:, t].tolist() for t in flagged[:highlight]}}
+
+
 def _run_round(n, model, tokenizer, input_ids, labels, cfg: BTUConfig, pretrained, exclude, trainable,
                batch_size, lr, k) -> RoundResult:
     steps = max(1, int(cfg.detect_epochs * -(-len(input_ids) // batch_size)))
