@@ -28,20 +28,20 @@ QUICK_BTU = {"alpha": 0.01, "detect_lr": 5e-3, "shallow_lr": 5e-3, "repair_lr": 
              "shallow_batch_size": 16, "decide": "all"}
 
 
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny-grid.yaml"
+
+
 @pytest.fixture
 def study(tmp_path, tiny_bert):
-    """A folder with planted data (the trigger `cf` in 10 % of the training rows) and a grid-file writer."""
+    """tests/fixtures/tiny-grid.yaml beside its planted data and tiny model; grid(**over) writes a variant."""
     write_file(planted(96, seed=1), tmp_path / "data" / "train.tsv")
     write_file(planted(40, rate=0.0, seed=2), tmp_path / "data" / "test.tsv")
     write_file(planted(24, rate=1.0, seed=3), tmp_path / "data" / "test-poisoned.tsv")
+    (tmp_path / "tiny-bert").symlink_to(tiny_bert, target_is_directory=True)
 
     def grid(name="g", **over):
-        g = {"name": name, "data": [{"train": "data", "test": "data/test.tsv",
-                                     "poison_test": "data/test-poisoned.tsv", "label": "planted"}],
-             "model": [str(tiny_bert)], "attack": ["none"],
-             "defense": ["none", {"name": "btu", "set": QUICK_BTU, "label": "btu"}], "seed": [0],
-             "set": {"epochs": 2, "batch_size": 16, "lr": 5e-3}}
-        g.update(over)
+        g = yaml.safe_load(FIXTURE.read_text())
+        g.update(name=name, **over)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(g))
         return path
@@ -53,6 +53,13 @@ def bad_grid(tmp_path, text):
     p = tmp_path / "bad.yaml"
     p.write_text(text)
     return p
+
+
+@pytest.mark.parametrize("name, cells, victims", [("table1-sst2", 60, 12), ("table3-sst2", 18, 6),
+                                                  ("table4-sst2", 12, 3), ("table6-sst2", 18, 3)])
+def test_the_shipped_grids_are_valid(name, cells, victims):
+    g = load_grid(Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / f"{name}.yaml")
+    assert len(g.cells) == cells and len({c.victim_key for c in g.cells}) == victims
 
 
 @pytest.mark.parametrize("text, says", [
@@ -97,7 +104,7 @@ def test_the_grid_crosses_its_lists_and_hashes_the_resolved_configuration(study)
     same = load_grid(study(name="g2", set={"epochs": 2.0, "batch_size": 16, "lr": 0.005, "max_length": 128},
                            attack=["none", {"name": "addword", "rate": 0.05}], seed=[0, 1]))
     assert [c.key for c in same.cells] == [c.key for c in g.cells]
-    other = load_grid(study(name="g3", defense=[{"name": "btu", "set": {**QUICK_BTU, "alpha": 0.02}}]))
+    other = load_grid(study(name="g3", defense=[{"name": "btu", "set": {**QUICK_BTU, "alpha": 0.02}, "label": "btu"}]))
     assert other.cells[0].key not in {c.key for c in g.cells}
 
 
@@ -126,18 +133,21 @@ def test_bench_stores_each_cell_shares_victims_and_skips_stored_cells_on_rerun(s
     # the CLI prints the table in the papers' layout
     assert main(["bench", str(grid), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "4 in" in out and "0 to run" in out and "planted" in out and "none" in out and "btu" in out
+    assert "4 in" in out and "0 to run" in out and "planted" in out and "tiny-bert" in out and "btu" in out
     # --dry-run lists every cell with its state
     assert main(["bench", str(grid), "--dry-run", "--store", str(tmp_path / "new.sqlite"), "--cache",
-                 str(tmp_path / "g.artifacts")]) == 0
+                 str(tmp_path / "btu-artifacts")]) == 0
     out = capsys.readouterr().out
     assert out.count(": to run") == 4 and out.count("victim cached") == 4
+    assert main(["bench", str(grid), "--dry-run", "--only", "seed=1", "--only", "defense=btu"]) == 0
+    assert capsys.readouterr().out.count("· seed 1: stored") == 1
+    assert main(["bench", str(grid), "--only", "seed=7"]) == 2
 
 
 def test_a_cached_victim_gives_the_numbers_a_trained_one_gives(study, tmp_path):
     shared = run_bench(study(), progress=False, echo=lambda s: None)  # btu loads the victim the none cell trained
     alone = run_bench(study(name="alone", defense=[{"name": "btu", "set": QUICK_BTU, "label": "btu"}]),
-                      progress=False, echo=lambda s: None)  # btu trains its own
+                      cache_path=tmp_path / "own-cache", progress=False, echo=lambda s: None)  # btu trains its own
     a = next(r for r in shared.ran if r["defense"] == "btu")
     b = alone.ran[0]
     assert a["key"] == b["key"] and a["artifacts"]["victim"]["cached"] and not b["artifacts"]["victim"]["cached"]

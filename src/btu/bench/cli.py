@@ -7,8 +7,8 @@ from pathlib import Path
 GRID_HELP = ("A grid file (YAML) crosses lists: data, model, attack, defense, seed, with fixed run settings under "
              "`set`; README 'Experiments at scale' has the schema. Each cell's resolved configuration is hashed; "
              "results go to a SQLite store (default: GRID.sqlite beside the grid file) one transaction per finished "
-             "cell, and a rerun skips the cells the store holds. Victims are cached (default: STORE.artifacts/) and "
-             "shared by every defense of the same data, attack, model, settings and seed.")
+             "cell, and a rerun skips the cells the store holds. Victims are cached (default: btu-artifacts/ beside "
+             "the store) and shared by every defense of the same data, attack, model, settings and seed.")
 
 
 def cmd_bench(a):
@@ -23,7 +23,7 @@ def cmd_bench(a):
         raise ConfigError(f"--cpus-per-cell must be >= 1, not {a.cpus_per_cell}")
     run = run_bench(a.grid, a.store, a.cache, executor=a.executor, address=a.address, dry_run=a.dry_run,
                     progress=not a.no_progress, cpus_per_cell=a.cpus_per_cell, gpus_per_cell=a.gpus_per_cell,
-                    num_cpus=a.num_cpus)
+                    num_cpus=a.num_cpus, only=a.only)
     if a.dry_run:
         return
     store = Store(run.store, create=False)
@@ -66,8 +66,10 @@ def register(sub):
                        formatter_class=Compact, description="Run every cell of a grid file. " + GRID_HELP)
     s.add_argument("grid", metavar="GRID.yaml", help="the grid file")
     s.add_argument("--store", metavar="FILE", help="the SQLite results store (default: GRID.sqlite beside the grid)")
-    s.add_argument("--cache", metavar="DIR", help="the artifact cache: victims (default: STORE.artifacts); on a Ray "
-                                                  "cluster, a path every worker sees")
+    s.add_argument("--cache", metavar="DIR", help="the artifact cache: victims, features (default: btu-artifacts "
+                                                  "beside the store); on a Ray cluster, a path every worker sees")
+    s.add_argument("--only", action="append", metavar="KEY=VALUE", help="run only the cells whose data, model, attack, "
+                   "defense (label or name) or seed is VALUE (comma-separated values; repeatable): --only seed=0")
     s.add_argument("--dry-run", action="store_true", help="list the cells, what the store holds and what is cached; "
                                                           "run nothing")
     s.add_argument("--executor", choices=["local", "ray"], default="local",

@@ -8,9 +8,13 @@
     seed: [0, 1, 2]
     set: {epochs: 3}                 # run settings every cell gets
 
-Every list is crossed with the others (a single value is a list of one). A cell's resolved configuration
-(data, model, attack with its defaults, the defense's full options, the run settings, the seed) is hashed:
-the hash is the cell's key in the store, so an edited grid reruns only the cells it changed.
+Every list is crossed with the others (a single value is a list of one). `blocks:` (a list of mappings with some
+of data, model, attack, defense, seed, set) makes one grid of several crossings, each block's keys over the top
+level's: SynBkd needs its own data folder, so Table 1 is a block of token attacks and one per paraphrase.
+
+A cell's resolved configuration (data, model, attack with its defaults, the defense's full options, the run
+settings, the seed) is hashed: the hash is the cell's key in the store, so an edited grid reruns only the cells
+it changed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-GRID_KEYS = ("name", "description", "data", "model", "attack", "defense", "seed", "set")
+BLOCK_KEYS = ("data", "model", "attack", "defense", "seed", "set")
+GRID_KEYS = ("name", "description", *BLOCK_KEYS, "blocks")
 DATA_KEYS = ("train", "dev", "test", "poison_test", "text_column", "label_column", "limit", "label")
 DEFENSE_KEYS = ("name", "recipe", "set", "label")
 ATTACK_COMMON = ("name", "rate", "target", "label_policy", "label")
@@ -110,12 +115,39 @@ def parse_grid(raw, path: Path) -> Grid:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a grid file is a mapping with the keys {', '.join(GRID_KEYS)}")
     unknown(raw, GRID_KEYS, where, "grid")
-    for k in ("data", "defense"):
-        if k not in raw:
-            raise ConfigError(f"{where}: {k}: required")
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: name: expects text, not {name!r}")
+    blocks = raw.get("blocks")
+    if blocks is None:
+        blocks = [{}]
+    elif not isinstance(blocks, list) or not blocks or not all(isinstance(b, dict) for b in blocks):
+        raise ConfigError(f"{where}: blocks: expects a list of mappings, each with some of the keys "
+                          f"{', '.join(BLOCK_KEYS)}")
+    top = {k: v for k, v in raw.items() if k in BLOCK_KEYS}
+    cells, seen = [], {}
+    for b, block in enumerate(blocks):
+        at = f"{where}: blocks[{b}]" if "blocks" in raw else where
+        unknown(block, BLOCK_KEYS, at, "block")
+        merged = {**top, **block}
+        merged["set"] = {**(top.get("set") or {}), **(block.get("set") or {})} \
+            if isinstance(top.get("set") or {}, dict) and isinstance(block.get("set") or {}, dict) else block["set"]
+        for cell in block_cells(merged, at, path, name):
+            if cell.key in seen:
+                raise ConfigError(f"{where}: two entries make the same cell ({cell.describe()} and "
+                                  f"{seen[cell.key].describe()}): the grid lists one configuration twice")
+            seen[cell.key] = cell
+            cells.append(cell)
+    return Grid(name, path, cells, raw.get("description") or "")
+
+
+def block_cells(raw: dict, where: str, path: Path, name: str) -> list[Cell]:
+    """The cells of one block: its lists crossed (a block without blocks is the whole grid)."""
+    from ..defenses.runner import RunSettings
+
+    for k in ("data", "defense"):
+        if k not in raw:
+            raise ConfigError(f"{where}: {k}: required")
     settings = parse_settings(raw.get("set") or {}, f"{where}: set")
     base = path.resolve().parent
     datas = [parse_data(d, f"{where}: data[{i}]", base) for i, d in enumerate(as_list(raw["data"]))]
@@ -131,24 +163,17 @@ def parse_grid(raw, path: Path) -> Grid:
                          ("seed", seeds)):
         if not values:
             raise ConfigError(f"{where}: {axis}: an empty list makes no cells")
-    from ..defenses.runner import RunSettings
-
     defaults = {k: getattr(RunSettings(), k) for k in SETTINGS}
-    cells, seen = [], {}
+    cells = []
     # the defense varies fastest: the cells that share a victim run one after another
     for (data, data_path, data_label), model, (attack, attack_label), seed, d in itertools.product(
             datas, models, attacks, seeds, defenses):
-        cell = Cell(data=data, data_path=data_path, model=model, model_path=model_paths[model], attack=attack,
-                    defense=d["name"], preset=d["preset"], options=d["options"],
-                    settings={**defaults, **settings, **d["settings"]}, seed=seed, grid=name,
-                    labels={"data": data_label, "model": Path(model).name if _is_path(model) else model,
-                            "attack": attack_label, "defense": d["label"]})
-        if cell.key in seen:
-            raise ConfigError(f"{where}: two entries make the same cell ({cell.describe()} and "
-                              f"{seen[cell.key].describe()}): the grid lists one configuration twice")
-        seen[cell.key] = cell
-        cells.append(cell)
-    return Grid(name, path, cells, raw.get("description") or "")
+        cells.append(Cell(data=data, data_path=data_path, model=model, model_path=model_paths[model], attack=attack,
+                          defense=d["name"], preset=d["preset"], options=d["options"],
+                          settings={**defaults, **settings, **d["settings"]}, seed=seed, grid=name,
+                          labels={"data": data_label, "model": Path(model).name if _is_path(model) else model,
+                                  "attack": attack_label, "defense": d["label"]}))
+    return cells
 
 
 def as_list(v) -> list:

@@ -34,8 +34,29 @@ def default_store(grid_path) -> Path:
 
 
 def default_cache(store_path) -> Path:
-    p = Path(store_path)
-    return p.with_name(p.stem + ".artifacts")
+    """btu-artifacts beside the store: grids whose stores share a folder share their victims."""
+    return Path(store_path).parent / "btu-artifacts"
+
+
+def select(cells, only: list[str]) -> list:
+    """The cells matching every KEY=VALUE of --only (keys: data, model, attack, defense, seed; a label or name)."""
+    from ..errors import ConfigError
+
+    keep = list(cells)
+    for item in only or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("data", "model", "attack", "defense", "seed"):
+            raise ConfigError(f"--only {item}: expects KEY=VALUE with KEY one of data, model, attack, defense, seed")
+        values = set(value.split(","))
+        if key == "seed":
+            keep = [c for c in keep if str(c.seed) in values]
+        elif key == "defense":
+            keep = [c for c in keep if c.labels["defense"] in values or c.defense in values]
+        else:
+            keep = [c for c in keep if c.labels[key] in values]
+    if not keep:
+        raise ConfigError(f"--only {' '.join(only)}: matches no cell of the grid")
+    return keep
 
 
 def format_metrics(m: dict | None) -> str:
@@ -54,8 +75,10 @@ def check_models(specs) -> None:
 
 def run_bench(grid_path, store_path=None, cache_path=None, executor: str = "local", address=None,
               dry_run: bool = False, progress: bool = True, echo=print, cpus_per_cell: int = 1,
-              gpus_per_cell: float | None = None, num_cpus: int | None = None) -> BenchRun:
+              gpus_per_cell: float | None = None, num_cpus: int | None = None, only=None) -> BenchRun:
     grid = load_grid(grid_path)
+    if only:
+        grid.cells = select(grid.cells, only)
     store_path = Path(store_path) if store_path else default_store(grid_path)
     cache_path = Path(cache_path) if cache_path else default_cache(store_path)
     store = Store(store_path)
