@@ -214,9 +214,17 @@ def save_model(model, tokenizer, folder) -> None:
     from .io import replace_dir
 
     folder = Path(folder)
+    from transformers.utils import logging as hf_logging
+
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar for one shard of one file is noise between our own lines
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, folder)
 

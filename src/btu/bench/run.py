@@ -59,6 +59,10 @@ def select(cells, only: list[str]) -> list:
     return keep
 
 
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}{'' if k == 1 else 's'}"
+
+
 def format_metrics(m: dict | None) -> str:
     m = m or {}
     parts = [f"{k.upper()} {m[k]:.2f}" for k in ("cacc", "asr") if isinstance(m.get(k), (int, float))]
@@ -92,7 +96,7 @@ def run_bench(grid_path, store_path=None, cache_path=None, executor: str = "loca
         victims = {c.victim_key for c in todo}
         to_train = {k for k in victims if cache.victim(k) is None}
         echo(f"grid {grid.name}: {len(grid.cells)} cells, {len(run.cached)} in {store_path}, {len(todo)} to run "
-             f"({len(to_train)} victims to train, {len(victims) - len(to_train)} cached in {cache_path})")
+             f"({_n(len(to_train), 'victim')} to train, {len(victims) - len(to_train)} cached in {cache_path})")
         if not dry_run:
             check_models({c.model_path for c in todo})
         if dry_run:
@@ -128,8 +132,8 @@ def run_bench(grid_path, store_path=None, cache_path=None, executor: str = "loca
                 echo(f"[{i}/{len(todo)}] {cell.describe()}: FAILED: {rec['error'].strip().splitlines()[-1]}")
         failed = [r for r in run.ran if r["status"] != "done"]
         if todo:
-            echo(f"ran {len(todo)} cells in {time.perf_counter() - start:.0f} s; {run.victims_trained} victims "
-                 f"trained; results in {store_path}")
+            echo(f"ran {_n(len(todo), 'cell')} in {time.perf_counter() - start:.0f} s; "
+                 f"{_n(run.victims_trained, 'victim')} trained; results in {store_path}")
         if failed:
             raise CellsFailed(f"{len(failed)} of {len(todo)} cells failed (the first: "
                               f"{failed[0]['error'].strip().splitlines()[-1]}); a rerun tries them again"
