@@ -305,3 +305,22 @@ def test_the_html_page_shows_its_table_in_a_browser(tmp_path):
     assert shown > 3000, "the screenshot shows no table header"
     # the same check on a page without a table finds (almost) none: the count is the table's, not the page's
     assert header_pixels(tmp_path / "empty" / "index.html", tmp_path) < 300
+
+
+def test_btu_variants_of_one_victim_share_one_detection_and_its_numbers(study, tmp_path, monkeypatch):
+    from btu.bench import cell
+
+    variant = {"name": "btu", "set": {**QUICK_BTU, "repair_lr": 2e-3}, "label": "btu lr 2e-3"}
+    other = {"name": "btu", "set": {**QUICK_BTU, "alpha": 0.02}, "label": "btu alpha 0.02"}
+    monkeypatch.setattr(cell, "MEMO", cell.SharedArtifacts())
+    run = run_bench(study(defense=["none", {"name": "btu", "set": QUICK_BTU, "label": "btu"}, variant, other]),
+                    progress=False, echo=lambda s: None)
+    reused = {r["defense"]: r["artifacts"]["reused"] for r in run.ran}
+    assert reused == {"none": [], "btu": [], "btu lr 2e-3": ["btu.detection"], "btu alpha 0.02": []}
+    monkeypatch.setattr(cell, "MEMO", cell.SharedArtifacts())  # a fresh process: nothing to reuse
+    alone = run_bench(study(name="alone", defense=[variant]), cache_path=tmp_path / "own", progress=False,
+                      echo=lambda s: None)
+    assert alone.ran[0]["artifacts"]["reused"] == []
+    mine = next(r for r in run.ran if r["defense"] == "btu lr 2e-3")
+    assert alone.ran[0]["key"] == mine["key"] and alone.ran[0]["metrics"] == mine["metrics"]
+    assert alone.ran[0]["report"]["flagged"] == mine["report"]["flagged"]

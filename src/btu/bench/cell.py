@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import BtuError
 from .artifacts import ArtifactCache
 from .features import save_features
-from .grid import Cell
+from .grid import Cell, digest
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +50,33 @@ def provenance() -> dict:
     return {"btu": __version__, **environment(), "git": git_commit(), "machine": machine}
 
 
+class SharedArtifacts:
+    """The artifacts a defense declares shareable (Defense.shared_artifacts), kept in this process for the cells
+    of one victim group: BTU's detection runs once for every BTU variant with the same detection options."""
+
+    def __init__(self):
+        self.group, self.items = None, {}
+
+    def _at(self, group: str) -> dict:
+        if group != self.group:  # a new group: the last one's artifacts will not be asked for again
+            self.group, self.items = group, {}
+        return self.items
+
+    def get(self, group: str, defense) -> dict:
+        items = self._at(group)
+        return {name: items[(name, digest(deps))] for name, deps in defense.shared_artifacts().items()
+                if (name, digest(deps)) in items}
+
+    def keep(self, group: str, defense, artifacts: dict) -> None:
+        items = self._at(group)
+        for name, deps in defense.shared_artifacts().items():
+            if name in artifacts:
+                items[(name, digest(deps))] = artifacts[name]
+
+
+MEMO = SharedArtifacts()
+
+
 def run_cell(cell: Cell, cache_root, progress: bool = False) -> dict:
     """The store's record of one cell: status done with its metrics, or failed with the error."""
     start, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -74,7 +101,7 @@ def run_cell(cell: Cell, cache_root, progress: bool = False) -> dict:
 def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
     from ..defenses.base import get_defense
     from ..defenses.options import from_dict
-    from ..defenses.runner import Context, RunSettings, run_defense
+    from ..defenses.runner import Context, RunSettings, make_defense, run_defense
     from ..experiment import AttackConfig, DataConfig, apply_attack, load_splits
     from ..models import load_tokenizer
 
@@ -96,13 +123,18 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
         metrics = {k: measured.get(k) for k in ("cacc", "asr", "asr_no_trigger", "dev_cacc") if k in measured}
         report = {"defense": "none", "metrics": metrics, "rows": [{"model": "no defense", **measured}],
                   "timings": dict(ctx.timings), "attack": attack_record or None}
+        reused = []
     else:
-        cls = get_defense(cell.defense)
-        res = run_defense(cell.defense, splits.train, cell.model_path, options=from_dict(cls.Options, cell.options),
-                          preset=cell.preset, settings=settings, extra_report={"attack": attack_record or None}, **kw)
+        defense = make_defense(cell.defense, from_dict(get_defense(cell.defense).Options, cell.options))
+        shared = MEMO.get(cell.victim_key, defense)
+        res = run_defense(cell.defense, splits.train, cell.model_path, options=defense.options, preset=cell.preset,
+                          settings=settings, extra_report={"attack": attack_record or None}, artifacts=dict(shared),
+                          **kw)
         ctx, report, model = res.context, res.report, res.model
+        MEMO.keep(cell.victim_key, defense, ctx.artifacts)
+        reused = sorted(shared)
     report["timings"]["data"] = data_seconds
-    artifacts = {"victim": {"key": cell.victim_key, "cached": cached is not None}}
+    artifacts = {"victim": {"key": cell.victim_key, "cached": cached is not None}, "reused": reused}
     t0 = time.perf_counter()
     feats = save_features(cache.root / "features" / f"{cell.key}.npz", model, ctx.tokenizer, ctx.test,
                           ctx.poison_test, cell.seed, settings.max_length, settings.precision)

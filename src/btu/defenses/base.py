@@ -80,6 +80,12 @@ class Defense:
             raise ValueError(f"{self.name}: stage must be one of {STAGES}, not {self.stage!r}")
         return [(self.stage, method[self.stage])]
 
+    def shared_artifacts(self) -> dict[str, dict]:
+        """The artifacts (names in ctx.artifacts) that runs on the same data, model, run settings and seed may
+        share, each with the options it depends on: {"btu.detection": {"alpha": 0.05, ...}}. A grid reuses one
+        artifact between cells whose dicts are equal. Default: none."""
+        return {}
+
     def required(self) -> set[str]:
         """What this configuration needs (may depend on the options: a filter that consults the victim)."""
         return set(self.needs)

@@ -350,6 +350,12 @@ class BTUWork:
         return out
 
 
+# the options BTU's detection reads (detection.py, shallow.py); the rest of its inputs are the data, the model and
+# the run settings, which a grid's victim key already holds
+DETECTION_OPTIONS = ("alpha", "detect_batch_size", "detect_epochs", "detect_lr", "min_count", "record_every", "rounds",
+                     "score", "shallow_batch_size", "shallow_lr", "shallow_masked_pooling", "shallow_pad_to")
+
+
 class _BTUBase(Defense):
     Options = BTUOptions
     presets = RECIPES
@@ -379,6 +385,10 @@ class _BTUBase(Defense):
 
     def train_overrides(self) -> dict:
         return self._overrides
+
+    def shared_artifacts(self) -> dict[str, dict]:
+        opts = asdict(self.options)
+        return {"btu.detection": {k: opts[k] for k in DETECTION_OPTIONS}, "btu.features": {}}
 
     def report(self, ctx, state) -> dict:
         return self.work(ctx, state).report() if "btu" in state.notes else {}
