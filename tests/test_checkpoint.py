@@ -121,3 +121,26 @@ def test_train_config_fingerprint_ignores_progress_and_description(tiny_bert):
     b = ckpt.fingerprint(TrainConfig(progress=False, desc="b").to_dict(), [[1, 2]], [0], object(), model)
     c = ckpt.fingerprint(TrainConfig().to_dict(), [[1, 3]], [0], object(), model)
     assert a == b != c
+
+
+def test_btu_defend_resume_continues_the_victim_and_gives_the_same_report(tiny_bert, tmp_path, monkeypatch):
+    from test_btu_detection import planted
+
+    from btu.defenses.btu.defense import BTU
+
+    write_file(planted(96, seed=1), tmp_path / "d" / "train.tsv")
+    write_file(planted(40, rate=0.0, seed=2), tmp_path / "d" / "test.tsv")
+    sets = [x for k, v in BTU.quick_options.items() for x in ("--set", f"{k}={v}")] + ["--set", "decide=all"]
+    args = ["defend", "--train", str(tmp_path / "d"), "--model", str(tiny_bert), "--epochs", "3", "--batch-size",
+            "16", "--lr", "5e-3", "--no-progress", *sets]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    assert not (tmp_path / "whole" / ".checkpoint").exists()
+    calls = killing_after(2, monkeypatch)  # the victim dies after its second epoch
+    with pytest.raises(Killed):
+        main(args + ["--out", str(tmp_path / "killed")])
+    assert calls == [6, 12] and (tmp_path / "killed" / ".checkpoint" / "victim" / "checkpoint.pt").is_file()
+    monkeypatch.undo()
+    assert main(args + ["--out", str(tmp_path / "killed"), "--resume"]) == 0
+    whole, resumed = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("whole", "killed"))
+    assert resumed["rows"] == whole["rows"] and resumed["flagged"] == whole["flagged"]
+    assert not (tmp_path / "killed" / ".checkpoint").exists()
