@@ -78,8 +78,11 @@ def check_models(specs) -> None:
 
 
 def run_bench(grid_path, store_path=None, cache_path=None, executor: str = "local", address=None,
-              dry_run: bool = False, progress: bool = True, echo=print, cpus_per_cell: int = 1,
+              dry_run: bool = False, progress: bool = True, echo=None, cpus_per_cell: int = 1,
               gpus_per_cell: float | None = None, num_cpus: int | None = None, only=None) -> BenchRun:
+    if echo is None:
+        def echo(line):  # one line per finished cell, flushed: a log file follows the run as it goes
+            print(line, flush=True)
     grid = load_grid(grid_path)
     if only:
         grid.cells = select(grid.cells, only)
