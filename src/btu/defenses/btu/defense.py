@@ -63,8 +63,11 @@ class BTUWork:
         if det is None:
             det = detect(ctx.base, ctx.tokenizer, ctx.input_ids, ctx.train.labels, ctx.train.num_labels, cfg)
             ctx.artifacts["btu.detection"] = det
+            ctx.timings["detection"] = det.seconds
+        else:  # an earlier run's: this run spent nothing on it
+            ctx.timings["detection"] = 0.0
+            ctx.timings["detection_reused_seconds"] = det.seconds
         self.detection = det
-        ctx.timings["detection"] = det.seconds
         self.flagged = describe_flagged(det, ctx.tokenizer, ctx.input_ids, ctx.train)
         self.decide()
         self.candidates = shortcuts(self.flagged)
