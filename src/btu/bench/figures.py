@@ -127,7 +127,7 @@ def curves_png(record) -> bytes | None:
         ax.set_title(f"round {r['round']}")
         ax.set_xlabel("training step")
         ax.set_ylabel("L2 distance from pretrained")
-    axes[0][0].legend(fontsize=6)
+        ax.legend(fontsize=6)  # each round flags its own tokens
     fig.suptitle(f"{record['grid']}: detection on {record['data']} + {record['attack']} (seed {record['seed']})",
                  fontsize=10)
     fig.tight_layout()
@@ -189,8 +189,12 @@ def make_figures(records) -> dict[str, bytes]:
     figs = {}
     for ab in ablations(records):
         figs[_safe(ab["name"]) + ".png"] = ablation_png(ab)
+    drawn = set()
     for r in first_seed(records):
-        if r["defense_name"] in ("btu", "btu-detect"):
+        rounds = (r.get("report") or {}).get("rounds")
+        key = (r["grid"], r["data"], r["model"], r["attack"], repr(rounds))
+        if r["defense_name"] in ("btu", "btu-detect") and rounds and key not in drawn:
+            drawn.add(key)  # variants that shared one detection share its figure
             png = curves_png(r)
             if png is not None:
                 figs[_safe(f"{r['grid']}-{r['data']}-{r['attack']}-{r['defense']}-distances") + ".png"] = png
