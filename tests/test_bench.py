@@ -266,7 +266,8 @@ def test_ray_runs_the_same_cells_into_the_store(study, tmp_path, capsys):
     grid = study()
     local = run_bench(grid, tmp_path / "local.sqlite", progress=False, echo=lambda s: None)
     lines = []
-    ray_run = run_bench(grid, tmp_path / "ray.sqlite", executor="ray", num_cpus=2, echo=lines.append)
+    ray_run = run_bench(grid, tmp_path / "ray.sqlite", tmp_path / "ray-cache", executor="ray", num_cpus=2,
+                        echo=lines.append)
     assert len(ray_run.ran) == 2 and ray_run.victims_trained == 1  # btu waited for the victim none trained
     a = {r["key"]: r["metrics"] for r in Store(tmp_path / "local.sqlite").records()}
     b = {r["key"]: r["metrics"] for r in Store(tmp_path / "ray.sqlite").records()}
