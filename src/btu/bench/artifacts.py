@@ -29,6 +29,15 @@ class ArtifactCache:
         d = self.victim_dir(key)
         return d / "model" if (d / "victim.json").is_file() and (d / "model").is_dir() else None
 
+    def victim_seconds(self, key: str) -> float | None:
+        """How long the cached victim took to train, as recorded when it was made (None: not recorded)."""
+        import json
+
+        try:
+            return json.loads((self.victim_dir(key) / "victim.json").read_text()).get("seconds")
+        except (OSError, ValueError):
+            return None
+
     def save_victim(self, key: str, model, tokenizer, made_by: dict) -> Path:
         from ..models import save_model
 

@@ -107,14 +107,17 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
 
     settings = RunSettings(**cell.settings, seed=cell.seed, progress=progress, controls=True)
     t0 = time.perf_counter()
-    splits = load_splits(DataConfig(**cell.data_path), cell.seed)
+    paths = dict(cell.data_path)
+    clean_data = paths.pop("clean_data", None)
+    splits = load_splits(DataConfig(**paths), cell.seed)
     acfg = AttackConfig(**cell.attack) if cell.attack else AttackConfig()
     window = {"tokenizer": load_tokenizer(cell.model_path), "max_length": settings.max_length} if cell.attack else {}
     splits, attack_record = apply_attack(splits, acfg, cell.seed, **window)
     data_seconds = time.perf_counter() - t0
     cached = cache.victim(cell.victim_key)
     kw = dict(dev=splits.dev, test=splits.test, poison_test=splits.poison_test, target=splits.target,
-              victim=cached, checkpoints=cache.checkpoints(cell.key))
+              victim=cached, checkpoints=cache.checkpoints(cell.key),
+              victim_seconds=cache.victim_seconds(cell.victim_key) if cached is not None else None)
     if cell.defense == "none":
         ctx = Context(splits.train, cell.model_path, settings, **kw)
         model = ctx.victim()
@@ -127,9 +130,10 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
     else:
         defense = make_defense(cell.defense, from_dict(get_defense(cell.defense).Options, cell.options))
         shared = MEMO.get(cell.victim_key, defense)
+        uses_clean = defense.uses_clean_data or "clean_data" in defense.required()
         res = run_defense(cell.defense, splits.train, cell.model_path, options=defense.options, preset=cell.preset,
                           settings=settings, extra_report={"attack": attack_record or None}, artifacts=dict(shared),
-                          **kw)
+                          clean_data=clean_data if uses_clean else None, **kw)
         ctx, report, model = res.context, res.report, res.model
         MEMO.keep(cell.victim_key, defense, ctx.artifacts)
         reused = sorted(shared)
@@ -143,5 +147,5 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
         artifacts["features"] = str(feats.resolve())
     if cached is None and ctx.has_victim:
         cache.save_victim(cell.victim_key, ctx.victim(), ctx.tokenizer,
-                          {"made_by": cell.key, "config": cell.victim_config()})
+                          {"made_by": cell.key, "config": cell.victim_config(), "seconds": ctx.victim_seconds})
     return report, artifacts

@@ -1,7 +1,7 @@
 """Grid files: a study in one YAML file, validated before any training and expanded into cells.
 
     name: table1-sst2
-    data: [sst2]                     # any --train source, or {train:, dev:, test:, poison_test:, limit:, ...}
+    data: [sst2]                     # any --train source, or {train:, dev:, test:, poison_test:, clean_data:, ...}
     model: [minilm]
     attack: [addword, addsent, {name: addword, rate: 0.007}]   # none: the data is already poisoned
     defense: [none, btu, {name: btu, recipe: retrain}]
@@ -29,7 +29,8 @@ from ..errors import ConfigError
 
 BLOCK_KEYS = ("data", "model", "attack", "defense", "seed", "set")
 GRID_KEYS = ("name", "description", *BLOCK_KEYS, "blocks")
-DATA_KEYS = ("train", "dev", "test", "poison_test", "text_column", "label_column", "limit", "label")
+DATA_KEYS = ("train", "dev", "test", "poison_test", "clean_data", "text_column", "label_column", "limit", "label")
+SOURCES = ("train", "dev", "test", "poison_test", "clean_data")  # the keys that name data files or folders
 DEFENSE_KEYS = ("name", "recipe", "set", "label")
 ATTACK_COMMON = ("name", "rate", "target", "label_policy", "label")
 # the run settings a grid may set (the flags every `btu defend` run has); seed is its own axis
@@ -65,8 +66,9 @@ class Cell:
         return digest(self.config())
 
     def victim_config(self) -> dict:
-        """What the victim depends on: every cell with the same one shares it."""
-        return {"format": FORMAT, "data": self.data, "model": self.model, "attack": self.attack,
+        """What the victim depends on: every cell with the same one shares it (clean data is not trained on)."""
+        data = {k: v for k, v in self.data.items() if k != "clean_data"}
+        return {"format": FORMAT, "data": data, "model": self.model, "attack": self.attack,
                 "settings": self.settings, "seed": self.seed}
 
     @property
@@ -163,6 +165,11 @@ def block_cells(raw: dict, where: str, path: Path, name: str) -> list[Cell]:
                          ("seed", seeds)):
         if not values:
             raise ConfigError(f"{where}: {axis}: an empty list makes no cells")
+    for data, _, data_label in datas:
+        for d in defenses:
+            if d["name"] != "none" and "clean_data" in needs_of(d) and not data.get("clean_data"):
+                raise ConfigError(f"{where}: defense {d['label']!r} needs clean data of the task: give data "
+                                  f"{data_label!r} a clean_data source (e.g. its dev split)")
     defaults = {k: getattr(RunSettings(), k) for k in SETTINGS}
     cells = []
     # the defense varies fastest: the cells that share a victim run one after another
@@ -174,6 +181,15 @@ def block_cells(raw: dict, where: str, path: Path, name: str) -> list[Cell]:
                           labels={"data": data_label, "model": Path(model).name if _is_path(model) else model,
                                   "attack": attack_label, "defense": d["label"]}))
     return cells
+
+
+def needs_of(d: dict) -> set[str]:
+    """What a parsed defense entry needs (with its options)."""
+    from ..defenses.base import DEFENSES
+    from ..defenses.options import from_dict
+
+    cls = DEFENSES[d["name"]]
+    return cls(from_dict(cls.Options, d["options"])).required()
 
 
 def as_list(v) -> list:
@@ -232,12 +248,13 @@ def parse_data(d, where: str, base: Path) -> tuple[dict, dict, str]:
     unknown(d, DATA_KEYS, where, "data")
     if "train" not in d:
         raise ConfigError(f"{where}: train: required")
-    written = {k: d.get(k) for k in DATA_KEYS if k != "label"}
+    # clean_data only where given: the configurations (and store keys) of grids without it stay as they were
+    written = {k: d.get(k) for k in DATA_KEYS if k != "label" and (k != "clean_data" or d.get(k) is not None)}
     resolved = dict(written)
-    for k in ("train", "dev", "test", "poison_test", "text_column", "label_column"):
-        if written[k] is not None:
+    for k in ("train", "dev", "test", "poison_test", "clean_data", "text_column", "label_column"):
+        if written.get(k) is not None:
             check_text(written[k], f"{where}: {k}")
-    for k in ("train", "dev", "test", "poison_test"):
+    for k in (k for k in SOURCES if k in written):
         v = written[k]
         if v is not None and not v.startswith("hf:") and not Path(v).is_absolute() and \
                 (_is_path(v) or (base / v).exists()):

@@ -54,7 +54,7 @@ class Context:
 
     def __init__(self, train: TextDataset, model_spec: str, settings: RunSettings, clean_data=None, dev=None,
                  test=None, poison_test=None, target=None, victim=None, allow_pickle=False, trust_remote_code=False,
-                 artifacts: dict | None = None, checkpoints=None):
+                 artifacts: dict | None = None, checkpoints=None, victim_seconds: float | None = None):
         from ..models import load_classifier
 
         self.train, self.settings, self.model_spec = train, settings, model_spec
@@ -74,6 +74,8 @@ class Context:
         self.input_ids = encode(self.tokenizer, train.texts, settings.max_length)
         self._victim_spec = victim
         self._victim = None
+        # how long the victim's training took: measured here, or (a given victim) as recorded where it was made
+        self.victim_seconds = victim_seconds if victim is not None else None
         if victim is not None:  # checked against the data and --model before any training
             self.victim()
 
@@ -106,7 +108,7 @@ class Context:
         model = self.pretrained()
         res = train(model, self.tokenizer, input_ids=self.input_ids, labels=self.train.labels,
                     config=self.train_config("victim training"), checkpoint=self.checkpoint("victim"))
-        self.timings["victim_training"] = res.seconds
+        self.timings["victim_training"] = self.victim_seconds = res.seconds
         self.timings["victim_epoch"] = res.seconds / max(self.settings.epochs, 1e-9)
         self._victim = model
         return model
@@ -156,6 +158,10 @@ def guarded_metrics(guard: Guard, test, poison_test, target) -> dict:
         out["asr"] = 100.0 * sum(int(p == target and not r) for p, r in zip(preds, rejected)) / len(poison_test)
         out["n_poisoned"] = len(poison_test)
         det["far"] = 100.0 * sum(not r for r in rejected) / len(poison_test)
+        if "clean_text" in poison_test.columns:  # the same rows without the trigger, through the guard
+            preds, rejected = guard.predict(list(poison_test.columns["clean_text"]))
+            out["asr_no_trigger"] = 100.0 * sum(int(p == target and not r) for p, r in zip(preds, rejected)) / \
+                len(poison_test)
     out["detector"] = det
     return out
 
@@ -220,7 +226,7 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
                 settings: RunSettings | None = None, clean_data=None, dev=None, test=None, poison_test=None,
                 target=None, victim=None, out=None, allow_pickle=False, trust_remote_code=False,
                 keep_models: bool = False, artifacts: dict | None = None, extra_report: dict | None = None,
-                checkpoints=None) -> DefenseResult:
+                checkpoints=None, victim_seconds: float | None = None) -> DefenseResult:
     """Run defense `name` on the (possibly poisoned) `train` data and measure it.
 
     train / clean_data / dev / test / poison_test: TextDatasets or data sources. poison_test holds non-target
@@ -230,6 +236,7 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
     artifacts: results of earlier runs on the same data and model to reuse (e.g. `btu.detection`).
     checkpoints: a folder where the victim and the training on a filter's kept rows checkpoint each epoch; a
     rerun with the same folder continues from there (the caller removes it once the results are written).
+    victim_seconds: how long a given victim took to train (the report's cost as a multiple of fine-tuning).
     """
     from ..io import check_out_dir
 
@@ -240,7 +247,8 @@ def run_defense(name: str, train, model: str = "minilm", options=None, preset: s
         check_out_dir(out)
     ctx = Context(_as_dataset(train, "train"), model, settings, clean_data=clean_data, dev=dev, test=test,
                   poison_test=poison_test, target=target, victim=victim, allow_pickle=allow_pickle,
-                  trust_remote_code=trust_remote_code, artifacts=artifacts, checkpoints=checkpoints)
+                  trust_remote_code=trust_remote_code, artifacts=artifacts, checkpoints=checkpoints,
+                  victim_seconds=victim_seconds)
     state, steps = RunState(), defense.steps()
     run_steps(ctx, state, steps)
     if steps[-1][0] == "data":  # filter, then ordinary training on the kept rows: the one composition
@@ -363,7 +371,7 @@ def build_report(defense: Defense, ctx: Context, state: RunState, steps, preset,
     stages = [s for s, _ in steps] + (["train"] if steps[-1][0] == "data" else [])
     report = {"defense": defense.name, "preset": preset or defense.default_preset, "stages": stages,
               "metrics": metrics, "rows": rows, **own,
-              "timings": dict(ctx.timings),
+              "timings": cost_timings(defense, ctx),
               "data": {"train": ctx.train.source, "rows": len(ctx.train), "test": getattr(ctx.test, "source", None),
                        "dev": getattr(ctx.dev, "source", None),
                        "poison_test": getattr(ctx.poison_test, "source", None),
@@ -371,6 +379,24 @@ def build_report(defense: Defense, ctx: Context, state: RunState, steps, preset,
               "options": to_dict(defense.options), "settings": asdict(ctx.settings)}
     report.update(extra or {})
     return report
+
+
+def cost_timings(defense: Defense, ctx: Context) -> dict:
+    """The run's timings, with the defense's cost: its stages' seconds (plus a given victim's recorded training
+    time when the defense needs the victim: trained here, it is inside a stage) and that cost as a multiple of
+    plain fine-tuning on the poisoned set (the victim's training, measured on the same machine)."""
+    t = dict(ctx.timings)
+    cost = sum(v for k, v in t.items() if k.startswith("stage_"))
+    given = ctx._victim_spec is not None
+    if given and "victim" in defense.required():
+        if ctx.victim_seconds is None:
+            return t  # a victim of unknown cost (--victim DIR): no multiple to report
+        cost += ctx.victim_seconds
+    t["defense_seconds"] = cost
+    if ctx.victim_seconds:
+        t["fine_tuning_seconds"] = ctx.victim_seconds
+        t["multiple_of_fine_tuning"] = cost / ctx.victim_seconds
+    return t
 
 
 def run_config(result: DefenseResult) -> dict:

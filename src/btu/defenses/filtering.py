@@ -1,0 +1,47 @@
+"""What the score-based filters and guards share: a threshold at a false-rejection rate on clean rows, the
+kept rows as a FilterResult, and a guard that rejects the inputs a score marks.
+
+STRIP, RAP (and any detector that scores inputs) threshold where a chosen share of clean rows would be
+rejected, as their papers do; as training filters they drop the training rows past that threshold.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError
+from .base import FilterResult, Guard
+
+
+def threshold_at_frr(clean_scores, frr: float) -> float:
+    """The score above which at most a share `frr` (0..1) of `clean_scores` lies: inputs scoring above it are
+    rejected (higher score = more suspicious). frr=0.01 rejects about 1 % of clean rows."""
+    scores = sorted(float(s) for s in clean_scores)
+    if not scores:
+        raise ConfigError("no clean rows to set the detector's threshold on (give --clean-data)")
+    if not 0.0 <= frr < 1.0:
+        raise ConfigError(f"frr must be in [0, 1), not {frr}")
+    allowed = math.floor(frr * len(scores))  # clean rows that may lie above the threshold
+    return scores[len(scores) - 1 - allowed]
+
+
+def keep_rows(ctx, keep, scores, report: dict | None = None) -> FilterResult:
+    """The FilterResult of keeping the training rows where `keep` is true (their texts unchanged)."""
+    kept = [i for i, k in enumerate(keep) if k]
+    return FilterResult(kept, ctx.train.subset(kept), [ctx.input_ids[i] for i in kept], [float(s) for s in scores],
+                        report or {})
+
+
+class ScoreGuard(Guard):
+    """Predicts with `model`; rejects the inputs whose score (`score(texts)`, higher = more suspicious) is above
+    `threshold`."""
+
+    def __init__(self, model, tokenizer, score, threshold: float, max_length: int = 128, precision: str = "auto"):
+        self.model, self.tokenizer, self.score, self.threshold = model, tokenizer, score, threshold
+        self.max_length, self.precision = max_length, precision
+
+    def predict(self, texts):
+        from ..training import predict
+
+        preds = predict(self.model, self.tokenizer, texts, max_length=self.max_length, precision=self.precision)
+        return preds, [float(s) > self.threshold for s in self.score(texts)]
