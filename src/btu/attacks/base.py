@@ -113,12 +113,14 @@ class Attack:
         return sorted(rng.sample(eligible, n))
 
     def poison_train(self, dataset: TextDataset, seed: int = 0) -> TextDataset:
-        """A copy of the training set with the chosen rows poisoned in place and flagged."""
+        """A copy of the training set with the chosen rows poisoned in place and flagged; column `clean_text`
+        keeps every row's text before poisoning (what a text-cleaning filter should give back)."""
         self._check_target(dataset)
         self.check(dataset, "train")
         rows = self.select_rows(dataset, seed)
         rng = random.Random(f"{seed}:{self.name}:train")
         out = dataset.subset(range(len(dataset)))
+        out.columns["clean_text"] = list(dataset.texts)
         flags = list(dataset.poison_flags)
         for i in rows:
             out.texts[i] = self.poison_text(dataset, i, rng)

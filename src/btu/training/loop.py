@@ -315,8 +315,6 @@ class SparseEmbeddingGrad:
 
 
 def _progress(total, cfg):
-    if not cfg.progress:
-        return None
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(total=total, desc=cfg.desc, unit="step", mininterval=1.0, dynamic_ncols=True, leave=False)
+    return progress_bar(total, cfg.desc, "step", cfg.progress)

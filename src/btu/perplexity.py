@@ -1,0 +1,260 @@
+"""Leave-one-word-out perplexities (ONION's scores) with a causal LM, fast: shared prefixes, packed rows,
+length-bucketed batches, bf16 where the device has it, and scores cached on disk by (LM, text).
+
+A text's words w1..wn are tokenized one by one with a leading space, after the LM's `<|endoftext|>`, so every
+variant is a concatenation of the same pieces. The variant without w_k shares every token before w_k with the
+whole text. One packed row holds the whole text and, for each variant, the tokens after w_k at their real
+positions, attending to the shared prefix and to themselves only (a tree-shaped attention mask): the prefix is
+computed once instead of n + 1 times. Only the positions whose next token is scored go through the LM head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT = 1  # bump when what a cached score means changes
+
+
+@dataclass
+class Text:
+    """One text's pieces: the scored words' token ids, the whole text's tokens and where each word starts."""
+
+    pieces: list[list[int]]
+    full: list[int]  # bos + the pieces, concatenated
+    starts: list[int]  # the offset of each word's first token in `full`
+
+
+@dataclass
+class Row:
+    """One row of a batch: segments of tokens, each attending to the row's first `prefix` tokens and to itself
+    causally, and the (position, target token, owner) of each scored next token."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    seg_start: list[int] = field(default_factory=list)  # per token: where its segment starts in the row
+    seg_prefix: list[int] = field(default_factory=list)  # per token: how many of the row's first tokens it sees
+    targets: list[tuple[int, int, tuple]] = field(default_factory=list)  # (index in row, token, (text, variant, slot))
+
+    def add(self, tokens, first_position: int, prefix: int) -> int:
+        start = len(self.tokens)
+        self.tokens += tokens
+        self.positions += range(first_position, first_position + len(tokens))
+        self.seg_start += [start] * len(tokens)
+        self.seg_prefix += [prefix] * len(tokens)
+        return start
+
+
+def plan_text(words: list[str], encode_word, bos: int) -> Text:
+    pieces = [encode_word(w) for w in words]
+    full, starts = [bos], []
+    for p in pieces:
+        starts.append(len(full))
+        full += p
+    return Text(pieces, full, starts)
+
+
+def text_rows(t: Text, i: int, share_prefixes: bool, pack_tokens: int) -> list[Row]:
+    """The rows that score text `i`'s whole sentence (variant 0, per-position slots) and each leave-one-out
+    variant k (1..n; its scores summed)."""
+    full, L = t.full, len(t.full)
+    rows = []
+    if not share_prefixes:  # each variant its own causal row
+        row = Row()
+        row.add(full[:-1], 0, 0)
+        row.targets = [(j, full[j + 1], (i, 0, j)) for j in range(L - 1)]
+        rows.append(row)
+        for k, (s, p) in enumerate(zip(t.starts, t.pieces), start=1):
+            v = full[:s] + full[s + len(p):]
+            if len(v) < 2:
+                continue
+            row = Row()
+            row.add(v[:-1], 0, 0)
+            row.targets = [(j, v[j + 1], (i, k, None)) for j in range(len(v) - 1)]
+            rows.append(row)
+        return rows
+
+    def new_row(first: bool) -> Row:
+        row = Row()
+        row.add(full[:-1], 0, 0)  # the last token is only a target
+        if first:
+            row.targets = [(j, full[j + 1], (i, 0, j)) for j in range(L - 1)]
+        return row
+
+    row = new_row(True)
+    for k, (s, p) in enumerate(zip(t.starts, t.pieces), start=1):
+        suffix = full[s + len(p):]
+        if not suffix:
+            continue  # the variant is a prefix of the text: its terms are the text's own
+        if len(row.tokens) + len(suffix) - 1 > pack_tokens and len(row.tokens) > L - 1:
+            rows.append(row)
+            row = new_row(False)
+        row.targets.append((s - 1, suffix[0], (i, k, None)))  # predicted from the shared prefix's end
+        start = row.add(suffix[:-1], s, s)
+        row.targets += [(start + m, suffix[m + 1], (i, k, None)) for m in range(len(suffix) - 1)]
+    rows.append(row)
+    return rows
+
+
+def batches(rows: list[Row], batch_tokens: int) -> list[list[Row]]:
+    """Rows sorted by length, grouped so a batch's padded size stays within `batch_tokens`."""
+    out, cur, longest = [], [], 0
+    for r in sorted(rows, key=lambda r: len(r.tokens)):
+        n = len(r.tokens)
+        if cur and max(longest, n) * (len(cur) + 1) > batch_tokens:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(r)
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def forward_batch(model, rows: list[Row], pad_id: int, device, head_chunk: int = 2048):
+    """The negative log-likelihood of every row's targets (fp32, in the rows' target order)."""
+    import torch
+
+    B, P = len(rows), max(len(r.tokens) for r in rows)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, P), dtype=torch.long)
+    start = torch.arange(P).expand(B, P).clone()  # padding: a segment of its own, seeing itself
+    prefix = torch.zeros((B, P), dtype=torch.long)
+    for b, r in enumerate(rows):
+        n = len(r.tokens)
+        ids[b, :n] = torch.tensor(r.tokens)
+        pos[b, :n] = torch.tensor(r.positions)
+        start[b, :n] = torch.tensor(r.seg_start)
+        prefix[b, :n] = torch.tensor(r.seg_prefix)
+    q = torch.arange(P).view(1, P, 1)
+    k = torch.arange(P).view(1, 1, P)
+    mask = (k < prefix.unsqueeze(-1)) | ((k >= start.unsqueeze(-1)) & (k <= q))
+    bi = torch.tensor([b for b, r in enumerate(rows) for _ in r.targets])
+    qi = torch.tensor([j for r in rows for j, _, _ in r.targets])
+    tgt = torch.tensor([t for r in rows for _, t, _ in r.targets], device=device)
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.unsqueeze(1).to(device),
+                                  position_ids=pos.to(device)).last_hidden_state
+        sel = hidden[bi.to(device), qi.to(device)]
+        head = model.get_output_embeddings()
+        nll = []
+        for h, t in zip(sel.split(head_chunk), tgt.split(head_chunk)):
+            logits = head(h).float()
+            nll.append(torch.logsumexp(logits, -1) - logits.gather(-1, t[:, None]).squeeze(-1))
+    return torch.cat(nll).cpu().numpy()
+
+
+def combine(texts: list[Text], results: dict, share_prefixes: bool) -> list[list[float]]:
+    """Perplexities per text: [whole text, without word 1, ..., without word n]."""
+    out = []
+    for i, t in enumerate(texts):
+        full_nll = results["full"][i]
+        csum = np.concatenate([[0.0], np.cumsum(full_nll)])
+        ppl = [math.exp(csum[-1] / len(full_nll))]
+        for k, (s, p) in enumerate(zip(t.starts, t.pieces), start=1):
+            extra, count = results["extra"].get((i, k), (0.0, 0))
+            shared = s - 1 if share_prefixes else 0  # the prefix's terms, taken from the whole text's
+            n = shared + count
+            ppl.append(math.exp((csum[shared] + extra) / n) if n else float("nan"))
+        out.append(ppl)
+    return out
+
+
+def score_texts(lm, word_lists: list[list[str]], share_prefixes: bool = True, pack_tokens: int = 1024,
+                batch_tokens: int = 4096, progress: bool = False, on_batch=None) -> list[list[float]]:
+    """Leave-one-out perplexities of each word list (>= 2 words) with the CausalLM `lm`."""
+    from .progress import progress_bar
+
+    tok, model, bos = lm.tokenizer, lm.model, lm.bos_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else bos
+    pieces: dict[str, list[int]] = {}
+
+    def encode_word(w):
+        if w not in pieces:
+            pieces[w] = tok(" " + w, add_special_tokens=False)["input_ids"]
+        return pieces[w]
+
+    texts = [plan_text(ws, encode_word, bos) for ws in word_lists]
+    rows = [r for i, t in enumerate(texts) for r in text_rows(t, i, share_prefixes, pack_tokens)]
+    results = {"full": {i: np.zeros(len(t.full) - 1) for i, t in enumerate(texts)}, "extra": {}}
+    left = {i: sum(1 for r in rows for _, _, o in r.targets if o[0] == i) for i in range(len(texts))}
+    bar = progress_bar(sum(len(r.tokens) for r in rows), "LM scoring", "tok", progress)
+    for batch in batches(rows, batch_tokens):
+        nll = forward_batch(model, batch, pad, lm.device)
+        done = set()
+        for (_, _, (i, k, slot)), v in zip((t for r in batch for t in r.targets), nll):
+            if k == 0:
+                results["full"][i][slot] = v
+            else:
+                e, c = results["extra"].get((i, k), (0.0, 0))
+                results["extra"][(i, k)] = (e + float(v), c + 1)
+            left[i] -= 1
+            if left[i] == 0:
+                done.add(i)
+        if on_batch is not None and done:
+            idx = sorted(done)
+            on_batch(idx, combine([texts[i] for i in idx], _subset(results, idx), share_prefixes))
+        if bar is not None:
+            bar.update(sum(len(r.tokens) for r in batch))
+    if bar is not None:
+        bar.close()
+    return combine(texts, results, share_prefixes)
+
+
+def _subset(results: dict, idx: list[int]) -> dict:
+    pos = {i: n for n, i in enumerate(idx)}
+    return {"full": {pos[i]: results["full"][i] for i in idx},
+            "extra": {(pos[i], k): v for (i, k), v in results["extra"].items() if i in pos}}
+
+
+def plain_loop(lm, word_lists: list[list[str]]) -> list[list[float]]:
+    """The reference: every variant scored on its own, one forward pass each (the benchmark's baseline, and the
+    numbers the fast path must match)."""
+    import torch
+
+    tok, model, bos = lm.tokenizer, lm.model, lm.bos_id
+    out = []
+    for words in word_lists:
+        variants = [words] + [words[:k] + words[k + 1:] for k in range(len(words))]
+        ppl = []
+        for v in variants:
+            ids = [bos] + [t for w in v for t in tok(" " + w, add_special_tokens=False)["input_ids"]]
+            if len(ids) < 2:
+                ppl.append(float("nan"))
+                continue
+            x = torch.tensor([ids], device=lm.device)
+            with torch.no_grad():
+                logits = model(input_ids=x).logits[0, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="mean")
+            ppl.append(math.exp(float(nll)))
+        out.append(ppl)
+    return out
+
+
+def default_cache_path():
+    from .models import cache_dir
+
+    return cache_dir() / "lm-scores.sqlite"
+
+
+def leave_one_out(lm, texts: list[str], max_words: int = 100, cache=None, progress: bool = False,
+                  **kw) -> list[list[float]]:
+    """[whole text, without word 1, ..., without word n] perplexities of each text's first `max_words`
+    whitespace words ([] for a text of fewer than two words). cache: a ScoreCache (or None): scores found there
+    are not recomputed, new ones are written as each batch finishes."""
+    words = [t.split()[:max_words] for t in texts]
+    keys = [" ".join(w) for w in words]
+    lm_key = f"{lm.identity}:f{FORMAT}"
+    todo = sorted({k for k, w in zip(keys, words) if len(w) >= 2})
+    found = cache.get(lm_key, todo) if cache is not None else {}
+    missing = [k for k in todo if k not in found]
+    if missing:
+        def keep(idx, scores):
+            if cache is not None:
+                cache.put(lm_key, {missing[i]: s for i, s in zip(idx, scores)})
+
+        scores = score_texts(lm, [k.split(" ") for k in missing], progress=progress, on_batch=keep, **kw)
+        found.update(zip(missing, scores))
+    return [found[k] if len(w) >= 2 else [] for k, w in zip(keys, words)]
