@@ -108,6 +108,26 @@ def test_the_grid_crosses_its_lists_and_hashes_the_resolved_configuration(study)
     assert other.cells[0].key not in {c.key for c in g.cells}
 
 
+def test_clean_data_goes_to_the_defenses_that_need_it_and_changes_no_other_cell(study, tmp_path):
+    data = {"train": "data", "test": "data/test.tsv", "poison_test": "data/test-poisoned.tsv", "label": "planted"}
+    with pytest.raises(ConfigError, match="defense 'strip' needs clean data"):
+        load_grid(study(name="s1", defense=["none", "strip"]))
+    plain = load_grid(study(name="s2"))
+    defenses = yaml.safe_load(FIXTURE.read_text())["defense"]  # none, btu
+    g = load_grid(study(name="s3", data=[{**data, "clean_data": "data/test.tsv"}], defense=defenses + ["strip"]))
+    # none and btu: the same cells (and victim) as without clean data; strip gets it
+    assert [c.key for c in g.cells[:2]] == [c.key for c in plain.cells]
+    assert {c.victim_key for c in g.cells} == {plain.cells[0].victim_key}
+    strip = g.cells[2]
+    assert strip.gets_clean_data and strip.config()["data"]["clean_data"] == "data/test.tsv"
+    assert not g.cells[1].gets_clean_data
+    run = run_bench(g.path, tmp_path / "s3.sqlite", progress=False, only=["defense=strip"])
+    store = Store(run.store, create=False)
+    (rec,) = store.records()
+    store.close()
+    assert rec["status"] == "done" and rec["report"]["strip"]["threshold_rows"] == 20  # half of 40 clean rows
+
+
 def test_bench_stores_each_cell_shares_victims_and_skips_stored_cells_on_rerun(study, tmp_path, capsys):
     grid = study(seed=[0, 1])
     run = run_bench(grid, progress=False, echo=lambda s: None)

@@ -130,10 +130,9 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
     else:
         defense = make_defense(cell.defense, from_dict(get_defense(cell.defense).Options, cell.options))
         shared = MEMO.get(cell.victim_key, defense)
-        uses_clean = defense.uses_clean_data or "clean_data" in defense.required()
         res = run_defense(cell.defense, splits.train, cell.model_path, options=defense.options, preset=cell.preset,
                           settings=settings, extra_report={"attack": attack_record or None}, artifacts=dict(shared),
-                          clean_data=clean_data if uses_clean else None, **kw)
+                          clean_data=clean_data if cell.gets_clean_data else None, **kw)
         ctx, report, model = res.context, res.report, res.model
         MEMO.keep(cell.victim_key, defense, ctx.artifacts)
         reused = sorted(shared)

@@ -1,7 +1,7 @@
 """Grid files: a study in one YAML file, validated before any training and expanded into cells.
 
     name: table1-sst2
-    data: [sst2]                     # any --train source, or {train:, dev:, test:, poison_test:, clean_data:, ...}
+    data: [sst2]                     # a --train source, or {train:, dev:, test:, poison_test:, clean_data:, ...}
     model: [minilm]
     attack: [addword, addsent, {name: addword, rate: 0.007}]   # none: the data is already poisoned
     defense: [none, btu, {name: btu, recipe: retrain}]
@@ -29,8 +29,8 @@ from ..errors import ConfigError
 
 BLOCK_KEYS = ("data", "model", "attack", "defense", "seed", "set")
 GRID_KEYS = ("name", "description", *BLOCK_KEYS, "blocks")
-DATA_KEYS = ("train", "dev", "test", "poison_test", "clean_data", "text_column", "label_column", "limit", "label")
 SOURCES = ("train", "dev", "test", "poison_test", "clean_data")  # the keys that name data files or folders
+DATA_KEYS = (*SOURCES, "text_column", "label_column", "limit", "label")
 DEFENSE_KEYS = ("name", "recipe", "set", "label")
 ATTACK_COMMON = ("name", "rate", "target", "label_policy", "label")
 # the run settings a grid may set (the flags every `btu defend` run has); seed is its own axis
@@ -55,10 +55,13 @@ class Cell:
     seed: int
     labels: dict = field(default_factory=dict)  # data, model, attack, defense: how the report names them
     grid: str = ""
+    gets_clean_data: bool = False  # the defense needs clean data: the data's clean_data source is passed to it
 
     def config(self) -> dict:
-        """What the cell computes, and nothing else (labels and the preset's name are not in it)."""
-        return {"format": FORMAT, "data": self.data, "model": self.model, "attack": self.attack,
+        """What the cell computes, and nothing else (labels and the preset's name are not in it; clean data only
+        for a defense that gets it)."""
+        data = self.data if self.gets_clean_data else {k: v for k, v in self.data.items() if k != "clean_data"}
+        return {"format": FORMAT, "data": data, "model": self.model, "attack": self.attack,
                 "defense": self.defense, "options": self.options, "settings": self.settings, "seed": self.seed}
 
     @property
@@ -165,9 +168,11 @@ def block_cells(raw: dict, where: str, path: Path, name: str) -> list[Cell]:
                          ("seed", seeds)):
         if not values:
             raise ConfigError(f"{where}: {axis}: an empty list makes no cells")
+    for d in defenses:
+        d["clean_data"] = d["name"] != "none" and "clean_data" in needs_of(d)
     for data, _, data_label in datas:
         for d in defenses:
-            if d["name"] != "none" and "clean_data" in needs_of(d) and not data.get("clean_data"):
+            if d["clean_data"] and not data.get("clean_data"):
                 raise ConfigError(f"{where}: defense {d['label']!r} needs clean data of the task: give data "
                                   f"{data_label!r} a clean_data source (e.g. its dev split)")
     defaults = {k: getattr(RunSettings(), k) for k in SETTINGS}
@@ -178,6 +183,7 @@ def block_cells(raw: dict, where: str, path: Path, name: str) -> list[Cell]:
         cells.append(Cell(data=data, data_path=data_path, model=model, model_path=model_paths[model], attack=attack,
                           defense=d["name"], preset=d["preset"], options=d["options"],
                           settings={**defaults, **settings, **d["settings"]}, seed=seed, grid=name,
+                          gets_clean_data=d["clean_data"],
                           labels={"data": data_label, "model": Path(model).name if _is_path(model) else model,
                                   "attack": attack_label, "defense": d["label"]}))
     return cells

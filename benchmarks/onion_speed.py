@@ -1,0 +1,151 @@
+"""How fast ONION's leave-one-out perplexities are, against a plain loop and against this machine's floor.
+
+Three ways to score the same texts with the same LM at the same precision, in one run:
+  plain    every variant (the text, and the text without each word) on its own, one forward pass each;
+  batched  the same variants, length-bucketed into batches (no sharing);
+  shared   btu's: one packed row per text whose leave-one-out variants share their prefixes.
+The floor: the FLOPs the shared path must do (the LM's linear layers for every token it feeds, the LM head for
+every token it scores, causal attention over each token's real context), at the bf16 (or fp32) matrix-multiply
+peak measured in the same run. And what the whole SST-2 training set would take at the measured rate.
+
+    .venv/bin/python benchmarks/onion_speed.py [--texts 40] [--lm smollm2] [--precision auto]
+        > benchmarks/results/onion_speed.txt   (also writes benchmarks/results/onion_speed.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+SST2 = ROOT / ".." / "shared" / "datasets" / "sst2" / "train.tsv"
+
+from btu.language_model import CausalLM  # noqa: E402
+from btu.perplexity import Text, plain_loop, plan_text, score_texts, text_rows  # noqa: E402
+
+
+def matmul_peak(dtype, n: int = 2048, repeat: int = 5) -> float:
+    """The best FLOP/s of an n x n x n matrix multiply in `dtype` (this machine's matrix peak)."""
+    import torch
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def lm_shape(model) -> dict:
+    """Per-token multiply-adds of the linear layers inside the transformer blocks, and of the LM head."""
+    import torch
+
+    head = model.get_output_embeddings()
+    blocks = sum(m.weight.numel() for name, m in model.base_model.named_modules()
+                 if isinstance(m, torch.nn.Linear))
+    cfg = model.config
+    return {"block_macs": blocks, "head_macs": head.weight.numel(), "layers": cfg.num_hidden_layers,
+            "hidden": cfg.hidden_size}
+
+
+def work(plans: list[Text], shape: dict) -> dict:
+    """Tokens fed and scored by the shared path, and the floor's FLOPs for them."""
+    fed = scored = attn = 0
+    for i, t in enumerate(plans):
+        for r in text_rows(t, i, True, 1024):
+            fed += len(r.tokens)
+            scored += len(r.targets)
+            # causal attention over each token's real context (its prefix and its segment so far): QK and AV
+            attn += sum(p + (j - s) + 1 for j, (s, p) in enumerate(zip(r.seg_start, r.seg_prefix)))
+    flops = 2 * fed * shape["block_macs"] + 2 * scored * shape["head_macs"] + 4 * attn * shape["hidden"] * \
+        shape["layers"]
+    return {"tokens_fed": fed, "tokens_scored": scored, "flops": flops}
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main(argv=None):
+    import numpy as np
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--texts", type=int, default=40, help="SST-2 training rows scored by all three ways")
+    p.add_argument("--lm", default="smollm2")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "onion_speed.json"))
+    a = p.parse_args(argv)
+    if not SST2.exists():
+        sys.exit(f"SST-2 not found at {SST2} (the shared data sets are read in place)")
+    rows = [line.split("\t")[0] for line in SST2.read_text().splitlines()[1:]]
+    sample = random.Random(a.seed).sample(rows, a.texts)
+    words = [t.split()[:100] for t in sample]
+    lm = CausalLM(a.lm, precision=a.precision)
+    lm.model  # load outside the timings
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if lm.precision == "bf16" else torch.float32
+    score_texts(lm, words[:2])  # warm up
+    shared, t_shared = timed(lambda: score_texts(lm, words))
+    batched, t_batched = timed(lambda: score_texts(lm, words, share_prefixes=False))
+    plain, t_plain = timed(lambda: plain_loop(lm, words))
+    peak = matmul_peak(dtype)
+
+    tok = lm.tokenizer
+    cache: dict = {}
+
+    def encode_word(w):
+        if w not in cache:
+            cache[w] = tok(" " + w, add_special_tokens=False)["input_ids"]
+        return cache[w]
+
+    plans = [plan_text(w, encode_word, lm.bos_id) for w in words]
+    shape = lm_shape(lm.model)
+    need = work(plans, shape)
+    floor = need["flops"] / peak
+    fed_batched = sum(len(r.tokens) for i, t in enumerate(plans) for r in text_rows(t, i, False, 1024))
+    # the whole SST-2 training set at the shared path's measured rate (tokens fed per second)
+    all_plans = [plan_text(t.split()[:100], encode_word, lm.bos_id) for t in rows if len(t.split()) >= 2]
+    all_need = work(all_plans, shape)
+    rate = need["tokens_fed"] / t_shared
+    rel = [float(np.nanmax(np.abs(np.array(s) - np.array(q)) / np.array(q))) for s, q in zip(shared, plain)]
+    result = {
+        "lm": a.lm, "precision": lm.precision, "texts": a.texts, "threads": torch.get_num_threads(),
+        "seconds": {"plain": t_plain, "batched": t_batched, "shared": t_shared},
+        "speedup_over_plain": {"batched": t_plain / t_batched, "shared": t_plain / t_shared},
+        "tokens_fed": {"batched": fed_batched, "shared": need["tokens_fed"]},
+        "tokens_scored": need["tokens_scored"],
+        "matmul_peak_gflops": peak / 1e9, "floor_seconds": floor, "shared_over_floor": t_shared / floor,
+        "shared_gflops": need["flops"] / t_shared / 1e9,
+        "max_relative_difference_vs_plain": max(rel),
+        "sst2_train": {"rows": len(rows), "tokens_fed": all_need["tokens_fed"],
+                       "minutes_at_measured_rate": all_need["tokens_fed"] / rate / 60,
+                       "floor_minutes": all_need["flops"] / peak / 60},
+    }
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    s = result["seconds"]
+    print(f"ONION scoring, {a.texts} SST-2 training rows, {a.lm} in {lm.precision}, {result['threads']} threads")
+    print(f"{'way':<10}{'seconds':>10}{'tokens fed':>12}{'x plain':>10}")
+    print(f"{'plain':<10}{s['plain']:>10.1f}{'':>12}{1.0:>10.1f}")
+    print(f"{'batched':<10}{s['batched']:>10.1f}{fed_batched:>12}{t_plain / t_batched:>10.1f}")
+    print(f"{'shared':<10}{s['shared']:>10.1f}{need['tokens_fed']:>12}{t_plain / t_shared:>10.1f}")
+    print(f"floor: {floor:.1f} s ({need['flops'] / 1e12:.2f} TFLOP at the measured {lm.precision} matmul peak "
+          f"{peak / 1e9:.0f} GFLOP/s); shared / floor = {t_shared / floor:.2f}")
+    print(f"largest relative difference of the shared path's perplexities from the plain loop's: {max(rel):.2e}")
+    st = result["sst2_train"]
+    print(f"SST-2 training set ({st['rows']} rows, {st['tokens_fed']} tokens fed): "
+          f"{st['minutes_at_measured_rate']:.0f} min at the measured rate, floor {st['floor_minutes']:.0f} min")
+
+
+if __name__ == "__main__":
+    main()
