@@ -12,10 +12,10 @@ from test_btu_detection import planted
 
 from btu.data import TextDataset
 from btu.defenses import RunSettings
-from btu.defenses.filtering import threshold_at_frr
+from btu.defenses.filtering import held_out_split, threshold_at_frr
 from btu.defenses.rap import RapProbe, word_id
 from btu.defenses.runner import run_filter
-from btu.defenses.strip import Superimposer, held_out_split, mean_entropies, ranked_words
+from btu.defenses.strip import Superimposer, mean_entropies, ranked_words
 from btu.errors import ConfigError
 from btu.models import load_classifier
 from btu.training import TrainConfig, predict, train

@@ -139,10 +139,9 @@ def forward_batch(model, rows: list[Row], pad_id: int, device, head_chunk: int =
                                   position_ids=pos.to(device)).last_hidden_state
         sel = hidden[bi.to(device), qi.to(device)]
         head = model.get_output_embeddings()
-        nll = []
-        for h, t in zip(sel.split(head_chunk), tgt.split(head_chunk)):
-            logits = head(h).float()
-            nll.append(torch.logsumexp(logits, -1) - logits.gather(-1, t[:, None]).squeeze(-1))
+        # cross-entropy in the LM's own precision: no fp32 copy of the logits (it accumulates in fp32 anyway)
+        nll = [torch.nn.functional.cross_entropy(head(h), t, reduction="none").float()
+               for h, t in zip(sel.split(head_chunk), tgt.split(head_chunk))]
     return torch.cat(nll).cpu().numpy()
 
 
@@ -162,7 +161,7 @@ def combine(texts: list[Text], results: dict, share_prefixes: bool) -> list[list
     return out
 
 
-def score_texts(lm, word_lists: list[list[str]], share_prefixes: bool = True, pack_tokens: int = 1024,
+def score_texts(lm, word_lists: list[list[str]], share_prefixes: bool = True, pack_tokens: int = 256,
                 batch_tokens: int = 4096, progress: bool = False, on_batch=None) -> list[list[float]]:
     """Leave-one-out perplexities of each word list (>= 2 words) with the CausalLM `lm`."""
     from .progress import progress_bar

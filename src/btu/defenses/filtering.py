@@ -8,6 +8,7 @@ rejected, as their papers do; as training filters they drop the training rows pa
 from __future__ import annotations
 
 import math
+import random
 
 from ..errors import ConfigError
 from .base import FilterResult, Guard
@@ -23,6 +24,16 @@ def threshold_at_frr(clean_scores, frr: float) -> float:
         raise ConfigError(f"frr must be in [0, 1), not {frr}")
     allowed = math.floor(frr * len(scores))  # clean rows that may lie above the threshold
     return scores[len(scores) - 1 - allowed]
+
+
+def held_out_split(n: int, share: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of range(n) into a part of about `share` and the rest, each at least one row."""
+    if n < 2:
+        raise ConfigError(f"needs at least 2 clean rows to split into two held-out parts, not {n}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    k = min(n - 1, max(1, round(share * n)))
+    return sorted(order[:k]), sorted(order[k:])
 
 
 def keep_rows(ctx, keep, scores, report: dict | None = None) -> FilterResult:

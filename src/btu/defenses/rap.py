@@ -36,9 +36,8 @@ from ..training import predict_logits
 from ..training.batching import collate, encode
 from ..training.loop import autocast, resolve_device, resolve_precision
 from .base import Defense, register
-from .filtering import ScoreGuard, keep_rows, threshold_at_frr
+from .filtering import ScoreGuard, held_out_split, keep_rows, threshold_at_frr
 from .options import Options, option
-from .strip import held_out_split
 
 UNPROTECTED = -2.0  # the score of an input RAP does not judge: below any protected input's (change >= -1)
 

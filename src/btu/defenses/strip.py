@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..training import predict_logits
 from .base import Defense, register
-from .filtering import ScoreGuard, keep_rows, threshold_at_frr
+from .filtering import ScoreGuard, held_out_split, keep_rows, threshold_at_frr
 from .options import Options, option
 
 
@@ -36,16 +36,6 @@ class StripOptions(Options):
                         "paper's 0.01)", low=0, high=1, high_inclusive=False)
     donor_share: float = option(0.5, "share of the clean rows that give the superimposed words; the others set "
                                 "the threshold", low=0, high=1, low_inclusive=False, high_inclusive=False)
-
-
-def held_out_split(n: int, share: float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded split of range(n) into a part of about `share` and the rest, each at least one row."""
-    if n < 2:
-        raise ConfigError(f"needs at least 2 clean rows to split into two held-out parts, not {n}")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    k = min(n - 1, max(1, round(share * n)))
-    return sorted(order[:k]), sorted(order[k:])
 
 
 def ranked_words(texts) -> list[list[str]]:
