@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 SST2 = ROOT / ".." / "shared" / "datasets" / "sst2" / "train.tsv"
 
 from btu.language_model import CausalLM  # noqa: E402
-from btu.perplexity import Text, plain_loop, plan_text, score_texts, text_rows  # noqa: E402
+from btu.perplexity import Text, plain_loop, plan_text, score_texts, text_rows, word_pieces  # noqa: E402
 
 
 def matmul_peak(dtype, n: int = 2048, repeat: int = 5) -> float:
@@ -102,14 +102,8 @@ def main(argv=None):
     plain, t_plain = timed(lambda: plain_loop(lm, words))
     peak = matmul_peak(dtype)
 
-    tok = lm.tokenizer
-    cache: dict = {}
-
-    def encode_word(w):
-        if w not in cache:
-            cache[w] = tok(" " + w, add_special_tokens=False)["input_ids"]
-        return cache[w]
-
+    pieces = word_pieces(lm.tokenizer, {w for t in rows for w in t.split()[:100]})
+    encode_word = pieces.__getitem__
     plans = [plan_text(w, encode_word, lm.bos_id) for w in words]
     shape = lm_shape(lm.model)
     need = work(plans, shape)

@@ -47,6 +47,14 @@ class Row:
         return start
 
 
+def word_pieces(tokenizer, words) -> dict[str, list[int]]:
+    """Each distinct word's token ids with a leading space, in one batched call (a call per word costs
+    milliseconds with some tokenizers)."""
+    words = sorted(words)
+    ids = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"] if words else []
+    return dict(zip(words, ids))
+
+
 def plan_text(words: list[str], encode_word, bos: int) -> Text:
     pieces = [encode_word(w) for w in words]
     full, starts = [bos], []
@@ -168,17 +176,14 @@ def score_texts(lm, word_lists: list[list[str]], share_prefixes: bool = True, pa
 
     tok, model, bos = lm.tokenizer, lm.model, lm.bos_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else bos
-    pieces: dict[str, list[int]] = {}
-
-    def encode_word(w):
-        if w not in pieces:
-            pieces[w] = tok(" " + w, add_special_tokens=False)["input_ids"]
-        return pieces[w]
-
-    texts = [plan_text(ws, encode_word, bos) for ws in word_lists]
+    pieces = word_pieces(tok, {w for ws in word_lists for w in ws})
+    texts = [plan_text(ws, pieces.__getitem__, bos) for ws in word_lists]
     rows = [r for i, t in enumerate(texts) for r in text_rows(t, i, share_prefixes, pack_tokens)]
     results = {"full": {i: np.zeros(len(t.full) - 1) for i, t in enumerate(texts)}, "extra": {}}
-    left = {i: sum(1 for r in rows for _, _, o in r.targets if o[0] == i) for i in range(len(texts))}
+    left = dict.fromkeys(range(len(texts)), 0)  # targets still to score, per text
+    for r in rows:
+        for _, _, (i, _, _) in r.targets:
+            left[i] += 1
     bar = progress_bar(sum(len(r.tokens) for r in rows), "LM scoring", "tok", progress)
     for batch in batches(rows, batch_tokens):
         nll = forward_batch(model, batch, pad, lm.device)
@@ -214,12 +219,13 @@ def plain_loop(lm, word_lists: list[list[str]]) -> list[list[float]]:
     import torch
 
     tok, model, bos = lm.tokenizer, lm.model, lm.bos_id
+    pieces = word_pieces(tok, {w for ws in word_lists for w in ws})
     out = []
     for words in word_lists:
         variants = [words] + [words[:k] + words[k + 1:] for k in range(len(words))]
         ppl = []
         for v in variants:
-            ids = [bos] + [t for w in v for t in tok(" " + w, add_special_tokens=False)["input_ids"]]
+            ids = [bos] + [t for w in v for t in pieces[w]]
             if len(ids) < 2:
                 ppl.append(float("nan"))
                 continue
