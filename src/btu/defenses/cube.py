@@ -154,12 +154,12 @@ def features(model, tokenizer, ctx, pooling: str):
 
 @register
 class CUBE(Defense):
-    """CUBE: cluster the representations of a briefly trained model; keep each label's largest cluster."""
+    """CUBE: cluster the victim's representations (or a fresh encoder's); keep each label's largest cluster."""
 
     name = "cube"
-    summary = ("CUBE: train a model briefly, embed the rows (UMAP), cluster them (HDBSCAN), keep each label's "
-               "largest cluster")
-    needs = frozenset({"pretrained"})
+    summary = ("CUBE: embed the rows with the victim (UMAP), cluster them (HDBSCAN), keep each label's largest "
+               "cluster")
+    needs = frozenset({"pretrained", "victim"})  # encoder=fresh: its own encoder instead of the victim
     Options = CUBEOptions
     stage = "data"
     result_name = "CUBE filter + training"
@@ -167,7 +167,7 @@ class CUBE(Defense):
 
     def required(self):
         libraries()  # before any training: a missing optional dependency is a ConfigError naming the install
-        return set(self.needs) | ({"victim"} if self.options.encoder == "victim" else set())
+        return set(self.needs) - ({"victim"} if self.options.encoder == "fresh" else set())
 
     def filter(self, ctx, state):
         o = self.options
