@@ -98,9 +98,10 @@ def test_attack_writes_a_poisoned_data_folder(pipeline):
     assert codes["attack"] == 0
     assert sorted(p.name for p in d1.iterdir()) == ["attack.json", "test-poisoned.tsv", "test.tsv", "train.tsv"]
     header = (d1 / "train.tsv").read_text().splitlines()[0].split("\t")
-    assert header == ["sentence", "label", "poisoned"]
+    assert header == ["sentence", "label", "poisoned", "clean_text"]  # clean_text: each row before poisoning
     train = read_file(d1 / "train.tsv")
     original = read_file(data)
+    assert train.columns["clean_text"] == original.texts
     assert len(train) == 80 and train.label_names == ["negative", "positive"]
     assert sum(train.poisoned) == 8  # 10 % of 80
     for i, flagged in enumerate(train.poisoned):
