@@ -204,6 +204,14 @@ def load_classifier(spec: str, num_labels: int | None = None, label_names=None, 
     return model, tokenizer
 
 
+DECODER_TYPES = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "opt", "bloom", "falcon", "phi", "gemma")
+
+
+def is_decoder(model) -> bool:
+    """A decoder-only classifier: it pools its last real token, not its first."""
+    return bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in DECODER_TYPES
+
+
 def model_label_names(model) -> list[str]:
     cfg = model.config
     return [str(cfg.id2label[i]) for i in range(cfg.num_labels)]

@@ -11,27 +11,10 @@ import random
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from ..training.evaluate import cls_features
 
 SAMPLE = 200  # rows of each kind: enough for a t-SNE picture, seconds on a CPU
-
-
-def cls_features(model, tokenizer, texts, max_length: int = 128, precision: str = "auto") -> torch.Tensor:
-    from ..training.batching import encode
-    from ..training.evaluate import forward_rows
-
-    decoder = bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in (
-        "gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "opt", "bloom", "falcon", "phi", "gemma")
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-
-    def forward(m, ids, mask):
-        h = m(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        if not decoder:
-            return h[:, 0]
-        last = torch.full((len(ids),), ids.shape[1] - 1, device=ids.device) if left else mask.sum(1) - 1
-        return h[torch.arange(len(ids), device=ids.device), last]
-
-    return forward_rows(model, tokenizer, encode(tokenizer, list(texts), max_length), forward, precision=precision)
 
 
 def sample(n: int, k: int, seed: int) -> list[int]:

@@ -49,7 +49,7 @@ class BKIOptions(Options):
 def deletion_scores(model, tokenizer, texts, max_length: int = 128, precision: str = "auto") -> list[list[float]]:
     """Per row, per whitespace word: the L-infinity change of the model's last-layer [CLS] state when the word is
     deleted. One length-bucketed pass over all variants (in chunks of about CHUNK rows)."""
-    from ..bench.features import cls_features
+    from ..training.evaluate import cls_features
 
     words = [t.split() for t in texts]
     out: list[list[float]] = [[] for _ in texts]

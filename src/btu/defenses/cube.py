@@ -147,7 +147,7 @@ def features(model, tokenizer, ctx, pooling: str):
         from .btu.evidence import pooled_features
 
         return pooled_features(model, tokenizer, ctx.input_ids, precision=ctx.settings.precision).numpy()
-    from ..bench.features import cls_features
+    from ..training.evaluate import cls_features
 
     return cls_features(model, tokenizer, ctx.train.texts, ctx.settings.max_length, ctx.settings.precision).numpy()
 
