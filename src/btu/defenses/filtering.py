@@ -11,7 +11,7 @@ import math
 import random
 
 from ..errors import ConfigError
-from .base import FilterResult, Guard
+from .base import Defense, FilterResult, Guard
 
 
 def threshold_at_frr(clean_scores, frr: float) -> float:
@@ -56,3 +56,33 @@ class ScoreGuard(Guard):
 
         preds = predict(self.model, self.tokenizer, texts, max_length=self.max_length, precision=self.precision)
         return preds, [float(s) > self.threshold for s in self.score(texts)]
+
+
+def mean_or_none(xs) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+class DetectorDefense(Defense):
+    """A detector's two defenses share this: one `Detector(ctx, model, options)` per run (its threshold set on the
+    clean rows), its report under `key`, and, as an input guard, a ScoreGuard rejecting what it scores above the
+    threshold. Subclasses set `key`, `title`, `Detector` and `console`; the data variant adds `filter`."""
+
+    key = title = ""
+    Detector: type = None
+
+    def detector(self, ctx, state, model):
+        if self.key not in state.notes:
+            state.notes[self.key] = self.Detector(ctx, model, self.options)
+        return state.notes[self.key]
+
+    def report(self, ctx, state) -> dict:
+        return {self.key: dict(state.notes[self.key].info)} if self.key in state.notes else {}
+
+    def markdown(self, report: dict) -> str:
+        return f"## {self.title}\n\n" + self.console(report) + "\n" if report.get(self.key) else ""
+
+    def guard(self, ctx, state, model):
+        det = self.detector(ctx, state, model)
+        return ScoreGuard(model, ctx.tokenizer, det.scores, det.threshold, ctx.settings.max_length,
+                          ctx.settings.precision)

@@ -35,8 +35,8 @@ from ..errors import ConfigError
 from ..training import predict_logits
 from ..training.batching import collate, encode
 from ..training.loop import autocast, resolve_device, resolve_precision
-from .base import Defense, register
-from .filtering import ScoreGuard, held_out_split, keep_rows, threshold_at_frr
+from .base import register
+from .filtering import DetectorDefense, held_out_split, keep_rows, mean_or_none, threshold_at_frr
 from .options import Options, option
 
 UNPROTECTED = -2.0  # the score of an input RAP does not judge: below any protected input's (change >= -1)
@@ -191,26 +191,11 @@ class RapDetector:
         return [c - self.probe_high if p else UNPROTECTED for c, p in zip(change, protected)]
 
 
-def _mean(xs):
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else None
-
-
-class _RapBase(Defense):
+class _RapBase(DetectorDefense):
     needs = frozenset({"pretrained", "victim", "clean_data"})
     Options = RapOptions
     quick_options = {"epochs": 1, "min_steps": 0}
-
-    def detector(self, ctx, state, model) -> RapDetector:
-        if "rap" not in state.notes:
-            state.notes["rap"] = RapDetector(ctx, model, self.options)
-        return state.notes["rap"]
-
-    def report(self, ctx, state) -> dict:
-        return {"rap": dict(state.notes["rap"].info)} if "rap" in state.notes else {}
-
-    def markdown(self, report: dict) -> str:
-        return "## RAP\n\n" + self.console(report) + "\n" if report.get("rap") else ""
+    key, title, Detector = "rap", "RAP", RapDetector
 
     def console(self, report: dict) -> str:
         r = report.get("rap")
@@ -248,8 +233,8 @@ class Rap(_RapBase):
         keep = [x <= det.threshold for x in scores]
         scored = [(x + det.probe_high, k) for x, k in zip(scores, keep) if x != UNPROTECTED]
         det.info.update(scored=len(scored), dropped=keep.count(False),
-                        dropped_mean_change=_mean(c for c, k in scored if not k),
-                        kept_mean_change=_mean(c for c, k in scored if k))
+                        dropped_mean_change=mean_or_none(c for c, k in scored if not k),
+                        kept_mean_change=mean_or_none(c for c, k in scored if k))
         return keep_rows(ctx, keep, scores, {"rap": dict(det.info)})
 
 
@@ -260,8 +245,3 @@ class RapInput(_RapBase):
     name = "rap-input"
     summary = "RAP at test time: reject target-label inputs that a learned rare-word perturbation barely moves"
     stage = "input"
-
-    def guard(self, ctx, state, model):
-        det = self.detector(ctx, state, model)
-        return ScoreGuard(model, ctx.tokenizer, det.scores, det.threshold, ctx.settings.max_length,
-                          ctx.settings.precision)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..training import predict_logits
-from .base import Defense, register
-from .filtering import ScoreGuard, held_out_split, keep_rows, threshold_at_frr
+from .base import register
+from .filtering import DetectorDefense, held_out_split, keep_rows, mean_or_none, threshold_at_frr
 from .options import Options, option
 
 
@@ -102,7 +102,7 @@ class StripDetector:
         clean_scores = self.scores([clean[i] for i in held])
         self.threshold = threshold_at_frr(clean_scores, opts.frr)
         self.info = {"threshold": self.threshold, "frr": opts.frr, "donor_rows": len(donors),
-                     "threshold_rows": len(held), "clean_mean_entropy": _mean(self.entropy(clean_scores))}
+                     "threshold_rows": len(held), "clean_mean_entropy": mean_or_none(self.entropy(clean_scores))}
 
     def scores(self, texts) -> list[float]:
         return [self.max_entropy - h for h in mean_entropies(self.model, self.tokenizer, texts, self.superimpose,
@@ -112,26 +112,11 @@ class StripDetector:
         return [self.max_entropy - x for x in scores]
 
 
-def _mean(xs):
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else None
-
-
-class _StripBase(Defense):
+class _StripBase(DetectorDefense):
     needs = frozenset({"pretrained", "victim", "clean_data"})
     Options = StripOptions
     quick_options = {"copies": 2}
-
-    def detector(self, ctx, state, model) -> StripDetector:
-        if "strip" not in state.notes:
-            state.notes["strip"] = StripDetector(ctx, model, self.options)
-        return state.notes["strip"]
-
-    def report(self, ctx, state) -> dict:
-        return {"strip": dict(state.notes["strip"].info)} if "strip" in state.notes else {}
-
-    def markdown(self, report: dict) -> str:
-        return "## STRIP\n\n" + self.console(report) + "\n" if report.get("strip") else ""
+    key, title, Detector = "strip", "STRIP", StripDetector
 
     def console(self, report: dict) -> str:
         r = report.get("strip")
@@ -165,8 +150,8 @@ class Strip(_StripBase):
         keep = [x <= det.threshold for x in scores]
         entropy = det.entropy(scores)
         det.info.update(scored=len(scores), dropped=keep.count(False),
-                        dropped_mean_entropy=_mean(h for h, k in zip(entropy, keep) if not k),
-                        kept_mean_entropy=_mean(h for h, k in zip(entropy, keep) if k))
+                        dropped_mean_entropy=mean_or_none(h for h, k in zip(entropy, keep) if not k),
+                        kept_mean_entropy=mean_or_none(h for h, k in zip(entropy, keep) if k))
         return keep_rows(ctx, keep, scores, {"strip": dict(det.info)})
 
 
@@ -177,8 +162,3 @@ class StripInput(_StripBase):
     name = "strip-input"
     summary = "STRIP at test time: reject inputs whose predictions stay certain under superimposed words"
     stage = "input"
-
-    def guard(self, ctx, state, model):
-        det = self.detector(ctx, state, model)
-        return ScoreGuard(model, ctx.tokenizer, det.scores, det.threshold, ctx.settings.max_length,
-                          ctx.settings.precision)
