@@ -58,6 +58,21 @@ def test_bki_scores_in_chunks_as_in_one_pass(tiny_bert, monkeypatch):
     assert [len(s) for s in whole] == [len(t.split()) for t in texts] and whole[-1] == []
 
 
+def test_bki_takes_the_words_above_the_largest_score_drop():
+    def table(*scores):
+        return [{"word": f"w{i}", "score": x} for i, x in enumerate(scores)]
+
+    auto = bki_mod.BKIOptions()
+    # SST-2 addword's shape: four triggers, then the score halves
+    assert bki_mod.keyword_count(table(20.2, 18.9, 18.4, 18.1, 9.8, 8.7, 8.4, 8.3), auto) == 4
+    assert bki_mod.keyword_count(table(10.0, 9.2, 8.7, 8.3, 8.1), auto) == 1  # no drop: the top word alone
+    assert bki_mod.keyword_count(table(10.0, 3.0, 2.9), auto) == 1
+    assert bki_mod.keyword_count(table(5.0), auto) == 1 and bki_mod.keyword_count([], auto) == 1
+    # the drop is looked for among the top max_keywords only; keywords=K overrides the rule
+    assert bki_mod.keyword_count(table(9, 8, 7, 6, 1), bki_mod.BKIOptions(max_keywords=3)) == 1
+    assert bki_mod.keyword_count(table(20.2, 18.9, 18.4, 18.1, 9.8), bki_mod.BKIOptions(keywords=2)) == 2
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_bki_finds_the_trigger_the_victim_learned(tiny_bert, seed):
     from btu.training import predict_logits

@@ -46,7 +46,10 @@ class FilterResult:
 class Guard:
     """An input-stage guard: predicts through a model, correcting inputs or rejecting them.
 
-    `predict(texts)` returns (predictions, rejected flags); a rejected row counts as a detection."""
+    `predict(texts)` returns (predictions, rejected flags); a rejected row counts as a detection. A guard that
+    only corrects (a vote, a cleaned input) and never rejects sets `rejects = False`: it reports no FRR / FAR."""
+
+    rejects = True
 
     def predict(self, texts: list[str]) -> tuple[list[int], list[bool]]:
         raise NotImplementedError

@@ -14,7 +14,13 @@
    (OpenBackdoor ranks by f * log10(n) alone and has no alpha. S = (alpha N)^2 is a reading of the paper's S taken
    from a third-party reimplementation; the paper's text was not at hand to check it. With S = alpha N instead, a
    trigger in alpha of the rows would score 0.)
-3. The `keywords` words of highest g (g > 0) are the suspected triggers; the rows holding them go.
+3. The suspected triggers: the words of highest g (g > 0), as many as stand above the set's largest drop in g.
+   Among the top `max_keywords`, the largest ratio between consecutive scores marks the end of the triggers when
+   it is at least `min_gap`; without such a drop, the top word alone (OpenBackdoor's one keyword). `keywords=K`
+   takes the top K instead. The rows holding a suspected trigger go. (Why: an attack may plant several trigger
+   words. On SST-2's poisoned training set, the four addword triggers are its four top words, then g halves, and
+   one keyword let three of them through; the rule's 10 and 1.5 were set from that training set's scores, with no
+   test set read.)
 
 OpenBackdoor's BKIDefender scores with whatever model it is handed, and its attacker never hands it the victim, so
 it scores with an untrained model; here the victim is a need, trained once per run (or given with --victim).
@@ -40,7 +46,11 @@ class BKIOptions(Options):
     alpha: float = option(0.1, "the share of rows expected to carry the trigger: the keyword score favours words "
                                "nominated in about alpha * N rows (the paper's alpha)", low=0, high=1,
                           low_inclusive=False)
-    keywords: int = option(1, "how many of the highest-scoring keywords are taken for triggers", low=1)
+    keywords: int = option(0, "how many of the highest-scoring keywords are taken for triggers (0: those above "
+                              "the largest drop in score, see min_gap)", low=0)
+    max_keywords: int = option(10, "keywords=0: the drop is looked for among this many top words", low=1)
+    min_gap: float = option(1.5, "keywords=0: the smallest ratio between consecutive scores that ends the "
+                                 "triggers (none that large: the top word alone)", low=1, low_inclusive=False)
     drop: str = option("contains", "which rows go: every row containing a trigger word (contains), or only the "
                                    "rows that nominated it among their top p (nominated, OpenBackdoor's)",
                        choices=("contains", "nominated"))
@@ -95,6 +105,17 @@ def keyword_table(nominations: list[dict[str, float]], alpha: float, n_rows: int
     return sorted(table, key=lambda r: (-r["score"], r["word"]))
 
 
+def keyword_count(table: list[dict], o: BKIOptions) -> int:
+    """How many top words are taken for triggers: `keywords`, or (0) those above the largest score ratio among the
+    top `max_keywords` when it reaches `min_gap`, else 1."""
+    if o.keywords:
+        return o.keywords
+    scores = [r["score"] for r in table[:o.max_keywords] if r["score"] > 0]
+    ratios = [(scores[i] / scores[i + 1], i + 1) for i in range(len(scores) - 1)]
+    best = max(ratios, default=(0.0, 1))
+    return best[1] if best[0] >= o.min_gap else 1
+
+
 @register
 class BKI(Defense):
     """Backdoor Keyword Identification: the words whose deletion moves the victim most, across the set."""
@@ -117,7 +138,8 @@ class BKI(Defense):
         words = [t.split() for t in texts]
         noms = [nominate(w, s, o.p) for w, s in zip(words, scores)]
         table = keyword_table(noms, o.alpha, len(texts))
-        triggers = {r["word"] for r in table[:o.keywords] if r["score"] > 0}
+        count = keyword_count(table, o)
+        triggers = {r["word"] for r in table[:count] if r["score"] > 0}
         g = {r["word"]: r["score"] for r in table}
         # a row's suspicion: the highest combined score among its words (0 for none above 0)
         suspicion = [max([0.0] + [g.get(w, 0.0) for w in set(ws)]) for ws in words]
@@ -130,6 +152,8 @@ class BKI(Defense):
         state.notes["bki"] = {
             "measure": "L-infinity change of the victim's last-layer [CLS] state when the word is deleted",
             "p": o.p, "alpha": o.alpha, "drop": o.drop,
+            "keyword_count": count, "keyword_rule": f"top {o.keywords}" if o.keywords else
+            f"above the largest score drop (ratio >= {o.min_gap:g}) among the top {o.max_keywords}, else 1",
             "keywords": [{**r, "rows_containing": contains[r["word"]]} for r in table if r["word"] in triggers],
             "top": table[:10], "dropped": keep.count(False)}
         if not triggers:

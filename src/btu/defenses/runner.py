@@ -162,7 +162,8 @@ def guarded_metrics(guard: Guard, test, poison_test, target) -> dict:
             preds, rejected = guard.predict(list(poison_test.columns["clean_text"]))
             out["asr_no_trigger"] = 100.0 * sum(int(p == target and not r) for p, r in zip(preds, rejected)) / \
                 len(poison_test)
-    out["detector"] = det
+    if guard.rejects:
+        out["detector"] = det
     return out
 
 
