@@ -92,7 +92,8 @@ def test_st_weight_falls_where_the_honeypot_fits():
 
 
 def test_st_down_weights_the_rows_its_honeypot_fits_and_the_task_model_misses_the_trigger(tiny_bert):
-    res = planted_run("st", tiny_bert)
+    # the honeypot at the model's lr here: on planted rows with random labels, a faster honeypot memorises clean rows
+    res = planted_run("st", tiny_bert, {"honeypot_lr": 5e-3})
     r = res.report["st"]
     assert r["mean_weight_poisoned"] < r["mean_weight_clean"] - 0.15
     m = res.report["metrics"]
@@ -186,7 +187,7 @@ def test_dpoe_expert_is_a_truncated_copy_and_the_main_model_misses_the_trigger(t
     assert len(dpoe_mod.layer_list(expert)) == 1 and len(dpoe_mod.layer_list(base)) == 2
     with pytest.raises(ConfigError, match="at most"):
         dpoe_mod.truncated(base, 3)
-    res = planted_run("dpoe", tiny_bert)
+    res = planted_run("dpoe", tiny_bert, {"expert_lr": 5e-3})  # the expert at the tiny model's (already high) lr
     r, m = res.report["dpoe"], res.report["metrics"]
     assert r["mean_expert_prob_poisoned"] > 0.85 > r["mean_expert_prob_clean"]
     assert m["no_defense"]["asr"] > 90 and m["asr"] < m["no_defense"]["asr"] - 40

@@ -36,6 +36,8 @@ class DPoEOptions(Options):
                                    "a head (0: the mean of its word embeddings and a linear head)", low=0)
     expert_epochs: float = option(1.0, "epochs the expert trains alone first, so it holds the shortcut before the "
                                        "main model starts (0: none)", low=0)
+    expert_lr: float = option(1e-4, "the expert's learning rate, alone and in the product (its head is new)", low=0,
+                              low_inclusive=False)
     poe_weight: float = option(1.0, "beta: the expert's weight in the product (0: plain fine-tuning)", low=0)
     expert_weight: float = option(1.0, "the weight of the expert's own cross-entropy", low=0,
                                   low_inclusive=False)
@@ -101,6 +103,7 @@ class ProductOfExperts(Objective):
 
     def __init__(self, o: DPoEOptions, expert):
         self.o, self.expert = o, expert
+        self.parameter_lr = o.expert_lr
 
     def setup(self, model, device, n_rows):
         self.expert.to(device)
@@ -158,7 +161,8 @@ class DPoE(Defense):
         expert = make_expert(model, o, len(ctx.train.label_names))
         if o.expert_epochs:
             train(expert, ctx.tokenizer, input_ids=ctx.input_ids, labels=ctx.train.labels,
-                  config=ctx.train_config("DPoE: the shallow expert alone", epochs=o.expert_epochs, seed_offset=3))
+                  config=ctx.train_config("DPoE: the shallow expert alone", epochs=o.expert_epochs, lr=o.expert_lr,
+                                         seed_offset=3))
         obj = ProductOfExperts(o, expert)
         train(model, ctx.tokenizer, input_ids=ctx.input_ids, labels=ctx.train.labels,
               config=ctx.train_config("DPoE: product-of-experts training", epochs=o.epochs), objective=obj,

@@ -34,6 +34,8 @@ class STOptions(Options):
     layer: int = option(1, "the layer the honeypot reads (0: the embeddings; 1: after the first layer)", low=0)
     pooling: str = option("mean", "the honeypot's view of a row: the mean over its tokens, or [CLS]",
                           choices=POOLINGS)
+    honeypot_lr: float = option(1e-3, "the honeypot's learning rate (a fresh head: far above the model's)", low=0,
+                                low_inclusive=False)
     hidden: int = option(256, "the honeypot MLP's hidden width (0: a linear honeypot)", low=0)
     q: float = option(0.7, "GCE's q (the honeypot's loss: (1 - p_y^q) / q; q -> 0 is cross-entropy)", low=0,
                       high=1, low_inclusive=False)
@@ -64,6 +66,7 @@ class HoneypotObjective(Objective):
 
     def __init__(self, o: STOptions, num_labels: int, decoder: bool = False):
         self.o, self.num_labels, self.decoder = o, num_labels, decoder
+        self.parameter_lr = o.honeypot_lr
         self.head = None
 
     def setup(self, model, device, n_rows):

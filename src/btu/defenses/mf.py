@@ -46,7 +46,7 @@ class MFOptions(Options):
                                      "attention query and value projections)", factory=list)
     epochs: float = option(2.0, "epochs of LoRA training (fewer than plain fine-tuning: moderate fitting)", low=0,
                            low_inclusive=False)
-    lr: float = option(1e-4, "learning rate of the LoRA weights and the head", low=0, low_inclusive=False)
+    lr: float = option(5e-4, "learning rate of the LoRA weights and the head", low=0, low_inclusive=False)
 
 
 def with_lora(model, o: MFOptions):

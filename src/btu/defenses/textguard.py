@@ -34,6 +34,9 @@ class TGOptions(Options):
     groups: int = option(3, "m: the number of word groups and sub-models (odd)", low=1)
     epochs: float | None = option(None, "epochs of each sub-model's training (none: the run's)", low=0,
                                   low_inclusive=False)
+    lr: float | None = option(1e-4, "each sub-model's learning rate (none: the run's; a third of a sentence is a "
+                                    "weak signal, and at 2e-5 the sub-models stayed on the majority label)", low=0,
+                              low_inclusive=False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -138,7 +141,8 @@ class TG(Defense):
             model = ctx.pretrained()
             train(model, ctx.tokenizer, input_ids=encode(ctx.tokenizer, texts, ctx.settings.max_length),
                   labels=ctx.train.labels,
-                  config=ctx.train_config(f"TG: sub-model {j + 1}/{m}", epochs=o.epochs, seed_offset=10 + j),
+                  config=ctx.train_config(f"TG: sub-model {j + 1}/{m}", epochs=o.epochs, lr=o.lr,
+                                          seed_offset=10 + j),
                   checkpoint=ctx.checkpoint(f"tg-{j}"))
             models.append(model)
         state.notes["tg_models"] = models

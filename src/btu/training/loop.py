@@ -154,7 +154,8 @@ def train(model, tokenizer, texts=None, labels=None, config: TrainConfig | None 
     objective.setup(model, device, len(input_ids))
     extra = list(objective.parameters())
     if optimizer is None:
-        groups = param_groups(model, params, cfg) + ([{"params": extra, "lr": cfg.lr}] if extra else [])
+        extra_lr = objective.parameter_lr if objective.parameter_lr is not None else cfg.lr
+        groups = param_groups(model, params, cfg) + ([{"params": extra, "lr": extra_lr}] if extra else [])
         # fused: one kernel for all parameters; the per-tensor loop cost ~160 ms a step on 2 CPU cores
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     lengths = [len(x) for x in input_ids]

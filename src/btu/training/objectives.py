@@ -49,12 +49,14 @@ class Objective:
     after_step(step, model, loss). `step` is 0-based everywhere here.
 
     parameters(): extra tensors to train beside the model's (an extra expert, masks); the loop gives them
-    their own optimizer group at cfg.lr and clips them with the model's gradients. A caller-supplied
-    optimizer must already hold them. output_hidden_states / output_attentions: ask the forward for them.
+    their own optimizer group at `parameter_lr` (None: cfg.lr) and clips them with the model's gradients. A
+    caller-supplied optimizer must already hold them. output_hidden_states / output_attentions: ask the forward
+    for them.
     """
 
     output_hidden_states = False
     output_attentions = False
+    parameter_lr: float | None = None  # the learning rate of parameters() (None: the run's)
     # a checkpointed run can resume this objective mid-training: it holds no state beyond its parameters()
     # (which the checkpoint keeps) and what state_dict() returns
     resumable = False
