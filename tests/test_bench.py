@@ -281,6 +281,15 @@ def test_report_of_an_empty_store_says_so(tmp_path, capsys):
     assert (tmp_path / "r2" / "report.csv").read_text().startswith("grid,")
 
 
+def test_a_rewritten_report_drops_its_own_stale_figures_and_keeps_the_users_files(tmp_path):
+    out = tmp_path / "r"
+    write_report([], out, {"a.png": b"a", "b.png": b"b"})
+    (out / "mine.png").write_bytes(b"the user's")
+    write_report([], out, {"a.png": b"a2"})
+    assert (out / "a.png").read_bytes() == b"a2" and not (out / "b.png").exists()
+    assert (out / "mine.png").read_bytes() == b"the user's"
+
+
 def test_ray_runs_the_same_cells_into_the_store(study, tmp_path, capsys):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'btu[ray]')")
     grid = study()

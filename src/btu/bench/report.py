@@ -100,6 +100,9 @@ def csv_text(summary) -> str:
     return buf.getvalue()
 
 
+FIGURE_MANIFEST = ".btu-report-figures.json"  # the figures the last report wrote into its folder
+
+
 def write_report(records, out: Path, figures: dict[str, bytes] | None = None) -> list[str]:
     """report.md, report.csv, report.json, index.html and the figures (name -> PNG bytes) in `out`."""
     from .html import html_page
@@ -112,6 +115,17 @@ def write_report(records, out: Path, figures: dict[str, bytes] | None = None) ->
         tmp = out / f".{name}.tmp"
         tmp.write_bytes(png)
         tmp.replace(out / name)
+    # the figures an earlier report wrote here and this one has not: gone, so the folder matches its index.html
+    # (only those listed in the manifest: other files in the folder are the user's)
+    manifest = out / FIGURE_MANIFEST
+    try:
+        earlier = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        earlier = []
+    for name in earlier:
+        if isinstance(name, str) and name not in figures and "/" not in name and name.endswith(".png"):
+            (out / name).unlink(missing_ok=True)
+    atomic_write_text(manifest, json.dumps(sorted(figures)))
     atomic_write_text(out / "report.md", markdown(summary, list(figures)))
     atomic_write_text(out / "report.csv", csv_text(summary))
     cells = [{k: r.get(k) for k in ("key", "grid", "data", "model", "attack", "defense", "seed", "metrics",
