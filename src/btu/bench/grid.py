@@ -97,22 +97,16 @@ def digest(obj) -> str:
 
 def load_grid(path) -> Grid:
     """Read and validate a grid file; every problem names the file and the key (ConfigError, exit 2)."""
-    from ..defenses.options import _yaml_loader
+    from ..defenses.options import read_yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: no such grid file")
     try:
-        import yaml
-
-        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read it: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
-    return parse_grid(raw, p)
+    return parse_grid(read_yaml(text, p), p)
 
 
 def parse_grid(raw, path: Path) -> Grid:

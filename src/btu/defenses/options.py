@@ -384,6 +384,19 @@ def _yaml_loader():
     return Loader
 
 
+def read_yaml(text: str, path):
+    """Parse YAML text (1e-4 as a float); a syntax error is a ConfigError naming the file, line and column."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        what = f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and \
+            getattr(e, "problem", None) else _one_line(e)
+        raise ConfigError(f"{path}: not valid YAML: {what}") from None
+
+
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
@@ -403,15 +416,7 @@ def load_config_file(path) -> tuple[dict, dict]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read it: {_one_line(e)}") from None
     if ext in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.load(text, Loader=_yaml_loader())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            what = f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None and \
-                getattr(e, "problem", None) else _one_line(e)
-            raise ConfigError(f"{path}: not valid YAML: {what}") from None
+        data = read_yaml(text, path)
         if data is None:
             data = {}
     elif ext == ".toml":
