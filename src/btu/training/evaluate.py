@@ -45,16 +45,14 @@ def predict_logits(model, tokenizer, texts=None, input_ids=None, batch_size: int
 def cls_features(model, tokenizer, texts, max_length: int = 128, precision: str = "auto") -> torch.Tensor:
     """Each text's last-layer [CLS] state (a decoder's: its last real token's), rows x hidden, fp32 on CPU."""
     from ..models import is_decoder
+    from .pooling import pool
 
     decoder = is_decoder(model)
     left = getattr(tokenizer, "padding_side", "right") == "left"
 
     def forward(m, ids, mask):
         h = m(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        if not decoder:
-            return h[:, 0]
-        last = torch.full((len(ids),), ids.shape[1] - 1, device=ids.device) if left else mask.sum(1) - 1
-        return h[torch.arange(len(ids), device=ids.device), last]
+        return pool(h, mask, "cls", decoder, left)
 
     return forward_rows(model, tokenizer, encode(tokenizer, list(texts), max_length), forward, precision=precision)
 
