@@ -121,7 +121,7 @@ def batches(rows: list[Row], batch_tokens: int) -> list[list[Row]]:
     return out
 
 
-def forward_batch(model, rows: list[Row], pad_id: int, device, head_chunk: int = 2048):
+def forward_batch(model, rows: list[Row], pad_id: int, device, head_chunk: int = 256):
     """The negative log-likelihood of every row's targets (fp32, in the rows' target order)."""
     import torch
 
