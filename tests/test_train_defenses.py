@@ -59,6 +59,30 @@ def test_mf_trains_only_the_adapter_and_head_and_the_merged_model_predicts_like_
     assert not any("key" in n or "embeddings" in n or "intermediate" in n for n in changed)
 
 
+def test_mf_reparameterisation_generates_the_adapters_from_two_small_vectors(tiny_bert):
+    base, tok = load_classifier(str(tiny_bert), label_names=["neg", "pos"])
+    probe = planted(30, seed=7).texts
+    pretrained = predict_logits(base, tok, probe, precision="fp32")
+    wrapped = mf_mod.with_lora(base, mf_mod.MFOptions(rank=2))
+    rep = mf_mod.reparameterise(wrapped, 2)
+    # the update starts at zero (every B is tanh(0)-generated), so the wrapped model predicts like the pretrained one
+    assert torch.allclose(predict_logits(wrapped, tok, probe, precision="fp32"), pretrained, atol=1e-6)
+    names = [n for n, _ in wrapped.named_parameters() if any(k in n for k in mf_mod.TRAINED)]
+    assert not any(n.endswith(("lora_A.default.weight", "lora_B.default.weight")) for n in names)
+    assert sum("lora_reparam" in n for n in names) == 6  # two input vectors, two two-layer nets
+    data = planted(64, seed=1)
+    train(wrapped, tok, data.texts, data.labels,
+          TrainConfig(epochs=2, batch_size=16, lr=5e-3, progress=False, trainable=mf_mod.TRAINED))
+    with torch.no_grad():
+        rep.allocate()
+    b = torch.cat([lin.weight.flatten() for lin, _ in rep.slots["B"]])
+    assert b.abs().max() > 0  # trained through the generator: the B side moved off zero
+    adapter = predict_logits(wrapped, tok, probe, precision="fp32")
+    assert not torch.allclose(adapter, pretrained, atol=1e-4)
+    merged = wrapped.merge_and_unload()
+    assert torch.allclose(predict_logits(merged, tok, probe, precision="fp32"), adapter, atol=1e-5)
+
+
 def test_mf_names_its_extra_and_reports_the_trained_share(tiny_bert, monkeypatch):
     res = planted_run("mf", tiny_bert, {"epochs": 1.0, "lr": 5e-3}, RunSettings(epochs=1, batch_size=16, lr=5e-3,
                                                                                  progress=False))

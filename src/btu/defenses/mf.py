@@ -8,9 +8,14 @@ and the classification head are trained, for few epochs. The trained adapter is 
 defended model is an ordinary classifier folder.
 
 Defaults: rank 4, alpha 16, dropout 0.1 on the attention query/value projections (peft's choice for the
-architecture), 2 epochs at lr 1e-4 (LoRA trains far fewer weights than full fine-tuning and needs a larger lr to
-fit the task at all). These are not the paper's numbers, which could not be read offline; they were not tuned on
-any test set (benchmarks/README has what they give).
+architecture), 2 epochs at lr 5e-4 (LoRA trains far fewer weights than full fine-tuning and needs a larger lr to
+fit the task at all; chosen on SST-2 dev, benchmarks/results/train-defaults-dev.md).
+
+`reparam=N` adds the MF authors' low-rank reparameterisation (their code, thunlp/Moderate-fitting, runs it with
+N = 2, rank 8, lr 3e-4, 10 epochs): every adapter's A matrix is a slice of one vector generated from a learned
+N-vector through a Tanh bottleneck of width N, every B matrix a slice of another (its input starts at zero, so
+the update starts at zero, as LoRA's does). The adapters then move together, along few directions at a time.
+Their code generates the classifier's weights the same way; here the head is trained directly.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class MFOptions(Options):
     epochs: float = option(2.0, "epochs of LoRA training (fewer than plain fine-tuning: moderate fitting)", low=0,
                            low_inclusive=False)
     lr: float = option(5e-4, "learning rate of the LoRA weights and the head", low=0, low_inclusive=False)
+    reparam: int = option(0, "generate every LoRA A (and every B) from one learned vector of this size through a "
+                             "Tanh bottleneck of this width, as the MF authors' code does (they use 2); 0: plain LoRA",
+                          low=0)
 
 
 def with_lora(model, o: MFOptions):
@@ -63,6 +71,49 @@ def with_lora(model, o: MFOptions):
     except ValueError as e:
         raise ConfigError(f"mf: cannot place LoRA adapters on {type(model).__name__}: {str(e).splitlines()[0]}; "
                           "name the projections with --set targets=[...]") from None
+
+
+class Reparameterisation(torch.nn.Module):
+    """The adapters' A and B weights generated from two small learned vectors (MF's low-rank reparameterisation):
+    before each forward pass the generated vectors are cut into the adapters' matrices."""
+
+    def __init__(self, wrapped, dim: int):
+        super().__init__()
+        self.slots = {"A": [], "B": []}  # (linear module, shape) in a fixed order
+        for n, m in wrapped.named_modules():
+            for side in ("A", "B"):
+                holder = getattr(m, f"lora_{side}", None)
+                if isinstance(holder, torch.nn.ModuleDict):
+                    for lin in holder.values():
+                        self.slots[side].append((lin, tuple(lin.weight.shape)))
+        sizes = {side: sum(int(torch.Size(s).numel()) for _, s in slots) for side, slots in self.slots.items()}
+        self.inputs = torch.nn.ParameterDict({
+            "A": torch.nn.Parameter(torch.rand(dim)),  # uniform, as the authors' code
+            "B": torch.nn.Parameter(torch.zeros(dim))})  # zero: tanh(0) = 0, so every B starts at zero
+        self.nets = torch.nn.ModuleDict({side: torch.nn.Sequential(
+            torch.nn.Linear(dim, dim, bias=False), torch.nn.Tanh(), torch.nn.Linear(dim, sizes[side], bias=False))
+            for side in ("A", "B")})
+        for slots in self.slots.values():
+            for lin, _ in slots:
+                del lin._parameters["weight"]  # a generated tensor takes its place at each forward pass
+        self.allocate()
+
+    def allocate(self) -> None:
+        for side, slots in self.slots.items():
+            flat, at = self.nets[side](self.inputs[side]), 0
+            for lin, shape in slots:
+                n = int(torch.Size(shape).numel())
+                lin.weight = flat[at:at + n].view(shape)
+                at += n
+
+
+def reparameterise(wrapped, dim: int) -> Reparameterisation:
+    """Attach MF's reparameterisation to a peft-wrapped model (its parameters are named lora_reparam.*, so the
+    training loop trains them) and regenerate the adapters before every forward pass."""
+    rep = Reparameterisation(wrapped, dim)
+    wrapped.add_module("lora_reparam", rep)
+    wrapped.register_forward_pre_hook(lambda module, args: rep.allocate())
+    return rep
 
 
 TRAINED = ["lora_", "modules_to_save"]  # parameter names of the adapter and of the trained copies of the heads
@@ -89,14 +140,18 @@ class MF(Defense):
     def fit(self, ctx, state):
         o = self.options
         wrapped = with_lora(ctx.pretrained(), o)
+        rep = reparameterise(wrapped, o.reparam) if o.reparam else None
         trained, total = trained_parameters(wrapped)
         res = train(wrapped, ctx.tokenizer, input_ids=ctx.input_ids, labels=ctx.train.labels,
                     config=ctx.train_config("MF: LoRA training", epochs=o.epochs, lr=o.lr, trainable=TRAINED),
                     checkpoint=ctx.checkpoint("mf"))
         targets = sorted(_adapted(wrapped))
+        if rep is not None:
+            with torch.no_grad():
+                rep.allocate()  # the trained generator's adapters, without autograd history, are what is merged
         model = wrapped.merge_and_unload()
         model.eval()
-        state.notes["mf"] = {"rank": o.rank, "alpha": o.alpha, "targets": targets,
+        state.notes["mf"] = {"rank": o.rank, "alpha": o.alpha, "reparam": o.reparam, "targets": targets,
                              "trained_parameters": trained, "parameters": total,
                              "trained_share": 100.0 * trained / total, "epochs": o.epochs, "lr": o.lr,
                              "steps": res.steps}
@@ -111,6 +166,8 @@ class MF(Defense):
             return ""
         return ("## MF\n\n"
                 f"LoRA rank {r['rank']} (alpha {r['alpha']:g}) on {', '.join(r['targets'])}, and the head: "
+                + (f"the adapters generated through a reparameterisation of width {r['reparam']}; "
+                   if r.get("reparam") else "") +
                 f"{r['trained_parameters']:,} of {r['parameters']:,} parameters trained ({r['trained_share']:.2f} %), "
                 f"{r['epochs']:g} epochs at lr {r['lr']:g}; the adapter is merged into the saved model.\n")
 
