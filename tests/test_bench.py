@@ -281,6 +281,19 @@ def test_report_of_an_empty_store_says_so(tmp_path, capsys):
     assert (tmp_path / "r2" / "report.csv").read_text().startswith("grid,")
 
 
+def test_a_cell_run_again_with_a_changed_configuration_supersedes_the_older_one(tmp_path, capsys):
+    store = Store(tmp_path / "s.sqlite")
+    for key, started, cacc in (("old", "2026-01-01T00:00:00", 70.0), ("new", "2026-02-01T00:00:00", 90.0)):
+        store.put({**_record(1, "addword", 0, cacc, 10.0), "key": key, "status": "done", "started": started})
+    store.put({**_record(1, "addword", 1, 80.0, 10.0), "key": "seed1", "status": "done"})
+    store.close()
+    assert main(["report", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "1 older cells are not in the table" in out
+    (entry,) = json.loads((tmp_path / "r" / "report.json").read_text())["summary"]
+    assert entry["n"] == 2 and entry["cacc"]["mean"] == pytest.approx(85.0)  # the new cell and seed 1, not the old
+
+
 def test_a_rewritten_report_drops_its_own_stale_figures_and_keeps_the_users_files(tmp_path):
     out = tmp_path / "r"
     write_report([], out, {"a.png": b"a", "b.png": b"b"})

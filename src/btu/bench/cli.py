@@ -40,18 +40,21 @@ def cmd_bench(a):
 def cmd_report(a):
     from ..errors import ConfigError
     from .figures import make_figures
-    from .report import summarize, text_report, write_report
+    from .report import latest, summarize, text_report, write_report
     from .store import Store
 
     store = Store(a.store, create=False)
     try:
         if a.grid and a.grid not in store.grids():
             raise ConfigError(f"--grid {a.grid}: the store holds the grids {', '.join(store.grids()) or '(none)'}")
-        records = store.records(grid=a.grid)
+        records, superseded = latest(store.records(grid=a.grid))
         failed = store.records(grid=a.grid, status="failed")
     finally:
         store.close()
     print(text_report(summarize(records)).rstrip())
+    if superseded:
+        print(f"\n{superseded} older cells are not in the table: a newer cell of the same labels and seed (run "
+              f"with a changed configuration) supersedes each.")
     if failed:
         print(f"\n{len(failed)} failed cells are not in the table (`btu bench` runs them again).")
     if a.out:

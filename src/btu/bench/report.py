@@ -23,6 +23,19 @@ def _stats(values) -> dict:
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
 
 
+def latest(records) -> tuple[list[dict], int]:
+    """The newest finished cell per (grid, data, model, attack, defense, seed), and how many older ones it
+    supersedes: a cell whose configuration changed (a new option, another default) gets a new key, and the
+    older record must not count as a second seed."""
+    newest: dict[tuple, dict] = {}
+    for r in records:
+        label = (r["grid"], r["data"], r["model"], r["attack"], r["defense"], r["seed"])
+        if label not in newest or str(r.get("started") or "") >= str(newest[label].get("started") or ""):
+            newest[label] = r
+    kept = {id(r) for r in newest.values()}
+    return [r for r in records if id(r) in kept], len(records) - len(kept)
+
+
 def summarize(records) -> list[dict]:
     """One entry per (grid, data, model, defense, attack): each metric's mean, std and n over the seeds, the
     seeds, and the no-defense model's CACC / ASR on the same victims."""
