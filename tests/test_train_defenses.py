@@ -106,6 +106,18 @@ def test_mf_names_its_extra_and_reports_the_trained_share(tiny_bert, monkeypatch
 # ST
 
 
+def test_max_pooling_keeps_one_tokens_feature_that_the_mean_dilutes_and_ignores_padding():
+    from btu.training.pooling import pool
+
+    h = torch.zeros(2, 5, 3)
+    h[0, 2, 1] = 4.0  # one token stands out in row 0
+    h[1, 4] = 9.0  # row 1's padding position
+    h[1, :2] = -1.0
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    assert pool(h, mask, "max")[0, 1] == 4.0 and pool(h, mask, "mean")[0, 1] == pytest.approx(0.8)
+    assert pool(h, mask, "max")[1].tolist() == [-1.0, -1.0, -1.0]  # the padding's 9 is not seen
+
+
 def test_st_weight_falls_where_the_honeypot_fits():
     ce = torch.tensor([0.0, 0.05, 0.1, 0.3, 0.7])
     w = st_mod.row_weights(ce, threshold=0.1, temperature=0.05)

@@ -32,8 +32,8 @@ from .options import Options, option
 @dataclass
 class STOptions(Options):
     layer: int = option(1, "the layer the honeypot reads (0: the embeddings; 1: after the first layer)", low=0)
-    pooling: str = option("mean", "the honeypot's view of a row: the mean over its tokens, or [CLS]",
-                          choices=POOLINGS)
+    pooling: str = option("mean", "the honeypot's view of a row: the mean over its tokens, [CLS], or each "
+                          "feature's max over its tokens", choices=POOLINGS)
     honeypot_lr: float = option(1e-3, "the honeypot's learning rate (a fresh head: far above the model's)", low=0,
                                 low_inclusive=False)
     hidden: int = option(256, "the honeypot MLP's hidden width (0: a linear honeypot)", low=0)

@@ -2,14 +2,15 @@
 
 Defenses that attach a small head to a layer (a honeypot on a lower layer, a shallow expert) need the row's
 representation there: the mean over real tokens (robust at a lower layer, where [CLS] has not gathered the
-sentence yet), the first token ([CLS]), or, for a decoder, its last real token.
+sentence yet), the first token ([CLS]), or, for a decoder, its last real token; or the largest value of each
+feature over the real tokens (max), where one token, a rare-word trigger, is not diluted by the row's length.
 """
 
 from __future__ import annotations
 
 import torch
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "max")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "mean", decoder: bool = False,
@@ -19,6 +20,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "mean", 
     if how == "mean":
         m = attention_mask.to(h.dtype).unsqueeze(-1)
         return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if how == "max":
+        real = attention_mask.bool().unsqueeze(-1)
+        return h.masked_fill(~real, float("-inf")).amax(1).masked_fill(~real.any(1), 0.0)
     if how != "cls":
         raise ValueError(f"pooling must be one of {POOLINGS}, not {how!r}")
     if not decoder:
