@@ -174,6 +174,26 @@ def test_a_cached_victim_gives_the_numbers_a_trained_one_gives(study, tmp_path):
     assert a["metrics"] == b["metrics"]
 
 
+def test_a_cached_poisoned_set_gives_the_numbers_a_fresh_one_gives(study, tmp_path):
+    over = dict(attack=[{"name": "addword", "rate": 0.2}], defense=["none", "bki"],
+                data=[{"train": "data/test.tsv", "test": "data/test.tsv", "label": "clean"}])  # the attack plants it
+    shared = run_bench(study(**over), progress=False, echo=lambda s: None)
+    first, second = shared.ran
+    assert not first["artifacts"]["poisoned"]["cached"] and second["artifacts"]["poisoned"]["cached"]
+    key = first["artifacts"]["poisoned"]["key"]
+    assert second["artifacts"]["poisoned"]["key"] == key
+    assert (tmp_path / "btu-artifacts" / "poisoned" / f"{key}.json").is_file()
+    alone = run_bench(study(name="alone", **{**over, "defense": ["bki"]}), cache_path=tmp_path / "own-cache",
+                      progress=False, echo=lambda s: None)  # poisons its own copy
+    assert not alone.ran[0]["artifacts"]["poisoned"]["cached"]
+    assert alone.ran[0]["metrics"] == second["metrics"] and second["metrics"]["filter"]["removed"] >= 0
+    # an unreadable entry is made again, not trusted
+    (tmp_path / "own-cache" / "poisoned" / f"{key}.json").write_text("{not json")
+    again = run_bench(study(name="again", **{**over, "defense": ["bki"]}), cache_path=tmp_path / "own-cache",
+                      progress=False, echo=lambda s: None)
+    assert not again.ran[0]["artifacts"]["poisoned"]["cached"] and again.ran[0]["metrics"] == second["metrics"]
+
+
 def test_a_failed_cell_is_stored_as_failed_and_runs_again(study, tmp_path):
     grid = study(data=[{"train": "data", "test": "data/test.tsv", "poison_test": "data/test-poisoned.tsv"}],
                  attack=[{"name": "addword", "target": "nosuchlabel"}], defense=["none"])

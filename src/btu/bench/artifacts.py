@@ -1,20 +1,26 @@
 """The artifact cache: expensive intermediate results, stored by the hash of what made them and shared between
 cells. A victim (the model trained on the poisoned set) depends on the data, the attack, the model, the run
-settings and the seed, not on the defense: one serves every defense and every BTU variant of its cell group.
+settings and the seed, not on the defense: one serves every defense and every BTU variant of its cell group. A
+poisoned set (every split after the attack, with its ground-truth flags) depends on less still: the data, the
+attack, the seed and, for an attack that places its trigger inside the tokenizer's window, the model and the
+maximum length.
 
 Layout: CACHE/victims/KEY/model (a Hugging Face folder, safetensors) and CACHE/victims/KEY/victim.json (what
-made it); CACHE/checkpoints/CELL/ holds a running cell's epoch checkpoints. Each entry is written to a temporary
+made it); CACHE/poisoned/KEY.json (the splits and the attack's record, plain JSON); CACHE/checkpoints/CELL/ holds
+a running cell's epoch checkpoints. Each entry is written to a temporary
 folder and moved into place, so a killed run never leaves a half-written one. Every worker of a Ray run must
 see the same CACHE path.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
 
-from ..io import atomic_write_json, replace_dir
+from ..io import atomic_write_json, atomic_write_text, replace_dir
 
 
 class ArtifactCache:
@@ -49,6 +55,29 @@ class ArtifactCache:
         final.parent.mkdir(parents=True, exist_ok=True)
         replace_dir(tmp, final)
         return final / "model"
+
+    def poisoned_path(self, key: str) -> Path:
+        return self.root / "poisoned" / f"{key}.json"
+
+    def poisoned(self, key: str):
+        """The cached (Splits, attack record) of a poisoned set, or None (absent, or unreadable: made again)."""
+        from ..data import TextDataset
+        from ..experiment import Splits
+
+        try:
+            raw = json.loads(self.poisoned_path(key).read_text(encoding="utf-8"))
+            sets = {name: TextDataset(**raw["splits"][name]) if raw["splits"][name] is not None else None
+                    for name in ("train", "dev", "test", "poison_test")}
+            return Splits(**sets, target=raw["splits"]["target"],
+                          recorded_target=raw["splits"]["recorded_target"]), raw["attack"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save_poisoned(self, key: str, splits, attack_record, made_by: dict) -> Path:
+        path = self.poisoned_path(key)
+        atomic_write_text(path, json.dumps({"made_by": made_by, "splits": dataclasses.asdict(splits),
+                                            "attack": attack_record}))
+        return path
 
     def checkpoints(self, cell_key: str) -> Path:
         """Where a cell's trainings checkpoint each epoch: a killed cell resumes from there; removed once the

@@ -1,4 +1,4 @@
-"""Run one cell of a grid: load and poison its data, take its victim from the cache (or train it and cache it),
+"""Run one cell of a grid: take its poisoned data and its victim from the cache (or make them and cache them),
 run its defense through the runner every command uses, and return the record the store keeps.
 
 A plain function of (cell, cache folder): the in-process executor calls it, and so does each Ray task.
@@ -109,10 +109,18 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     paths = dict(cell.data_path)
     clean_data = paths.pop("clean_data", None)
-    splits = load_splits(DataConfig(**paths), cell.seed)
-    acfg = AttackConfig(**cell.attack) if cell.attack else AttackConfig()
-    window = {"tokenizer": load_tokenizer(cell.model_path), "max_length": settings.max_length} if cell.attack else {}
-    splits, attack_record = apply_attack(splits, acfg, cell.seed, **window)
+    poison_key = digest(cell.poison_config(settings.max_length))
+    poisoned = cache.poisoned(poison_key)
+    if poisoned is not None:
+        splits, attack_record = poisoned
+    else:
+        splits = load_splits(DataConfig(**paths), cell.seed)
+        acfg = AttackConfig(**cell.attack) if cell.attack else AttackConfig()
+        window = {"tokenizer": load_tokenizer(cell.model_path), "max_length": settings.max_length} \
+            if cell.attack else {}
+        splits, attack_record = apply_attack(splits, acfg, cell.seed, **window)
+        cache.save_poisoned(poison_key, splits, attack_record,
+                            {"made_by": cell.key, "config": cell.poison_config(settings.max_length)})
     data_seconds = time.perf_counter() - t0
     cached = cache.victim(cell.victim_key)
     kw = dict(dev=splits.dev, test=splits.test, poison_test=splits.poison_test, target=splits.target,
@@ -137,7 +145,8 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
         MEMO.keep(cell.victim_key, defense, ctx.artifacts)
         reused = sorted(shared)
     report["timings"]["data"] = data_seconds
-    artifacts = {"victim": {"key": cell.victim_key, "cached": cached is not None}, "reused": reused}
+    artifacts = {"victim": {"key": cell.victim_key, "cached": cached is not None},
+                 "poisoned": {"key": poison_key, "cached": poisoned is not None}, "reused": reused}
     t0 = time.perf_counter()
     feats = save_features(cache.root / "features" / f"{cell.key}.npz", model, ctx.tokenizer, ctx.test,
                           ctx.poison_test, cell.seed, settings.max_length, settings.precision)

@@ -78,6 +78,13 @@ class Cell:
     def victim_key(self) -> str:
         return digest(self.victim_config())
 
+    def poison_config(self, max_length: int) -> dict:
+        """What the poisoned set depends on: the model's tokenizer and the maximum length only where an attack
+        places its trigger inside their window."""
+        data = {k: v for k, v in self.data.items() if k != "clean_data"}
+        window = {"model": self.model, "max_length": max_length} if self.attack else {}
+        return {"format": FORMAT, "data": data, "attack": self.attack, "seed": self.seed, **window}
+
     def describe(self) -> str:
         lb = self.labels
         return f"{lb['data']} · {lb['model']} · {lb['attack']} · {lb['defense']} · seed {self.seed}"
