@@ -7,9 +7,9 @@ maximum length.
 
 Layout: CACHE/victims/KEY/model (a Hugging Face folder, safetensors) and CACHE/victims/KEY/victim.json (what
 made it); CACHE/poisoned/KEY.json (the splits and the attack's record, plain JSON); CACHE/checkpoints/CELL/ holds
-a running cell's epoch checkpoints. Each entry is written to a temporary
-folder and moved into place, so a killed run never leaves a half-written one. Every worker of a Ray run must
-see the same CACHE path.
+a running cell's epoch checkpoints. Each entry is written to a temporary file or folder and moved into place, so
+a killed run never leaves a half-written one. Every worker of a Ray run must see the same CACHE path. Keys name
+the data by its paths, not its content: a data file edited in place needs a fresh cache.
 """
 
 from __future__ import annotations
