@@ -68,26 +68,12 @@ def main(argv=None):
         fused(lm, words)
 
 
-def matmul_seconds(m: int, k: int, n: int, dtype, repeat: int = 5) -> float:
-    """The best time of one (m, k) x (k, n) multiply, the weight stored (n, k) as nn.Linear keeps it."""
-    import torch
-
-    a, w = torch.randn(m, k).to(dtype), torch.randn(n, k).to(dtype)
-    a @ w.t()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        a @ w.t()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def shapes(lm, words) -> None:
     """The shared path's matrix multiplies replayed alone at their own shapes (every linear layer of every block
     for each batch's padded tokens, the LM head for each chunk of scored tokens), against the whole scoring and
     the floor's peak: how much of the gap to the floor is the matrices' size, before any other work."""
     import torch
-    from onion_speed import matmul_peak  # beside this file
+    from onion_speed import matmul_peak, matmul_seconds  # beside this file
 
     model, tok = lm.model, lm.tokenizer
     dtype = next(model.parameters()).dtype
@@ -107,7 +93,7 @@ def shapes(lm, words) -> None:
         work += [(c, head[1], head[0], 1) for c in [256] * (scored // 256) + [scored % 256] if c]
         for mm, k, n, times in work:
             if (mm, k, n) not in cache:
-                cache[(mm, k, n)] = matmul_seconds(mm, k, n, dtype)
+                cache[(mm, k, n)] = matmul_seconds(mm, k, n, dtype, weight_layout=True)
             total += times * cache[(mm, k, n)]
             flops += times * 2 * mm * k * n
     whole = timed(lambda: P.score_texts(lm, words))

@@ -29,18 +29,25 @@ from btu.language_model import CausalLM  # noqa: E402
 from btu.perplexity import Text, plain_loop, plan_text, score_texts, text_rows, word_pieces  # noqa: E402
 
 
-def matmul_peak(dtype, n: int = 2048, repeat: int = 5) -> float:
-    """The best FLOP/s of an n x n x n matrix multiply in `dtype` (this machine's matrix peak)."""
+def matmul_seconds(m: int, k: int, n: int, dtype, repeat: int = 5, weight_layout: bool = False) -> float:
+    """The best time of one (m, k) x (k, n) multiply in `dtype`; weight_layout: the right matrix stored (n, k) and
+    transposed, as nn.Linear keeps its weight."""
     import torch
 
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(n, k).to(dtype).t() if weight_layout else torch.randn(k, n).to(dtype)
     a @ b
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    return best
+
+
+def matmul_peak(dtype, n: int = 2048, repeat: int = 5) -> float:
+    """The best FLOP/s of an n x n x n matrix multiply in `dtype` (this machine's matrix peak)."""
+    return 2 * n ** 3 / matmul_seconds(n, n, n, dtype, repeat)
 
 
 def lm_shape(model) -> dict:

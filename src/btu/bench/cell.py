@@ -109,7 +109,8 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     paths = dict(cell.data_path)
     clean_data = paths.pop("clean_data", None)
-    poison_key = digest(cell.poison_config(settings.max_length))
+    poison_config = cell.poison_config(settings.max_length)
+    poison_key = digest(poison_config)
     poisoned = cache.poisoned(poison_key)
     if poisoned is not None:
         splits, attack_record = poisoned
@@ -120,7 +121,7 @@ def _run(cell: Cell, cache: ArtifactCache, progress: bool) -> tuple[dict, dict]:
             if cell.attack else {}
         splits, attack_record = apply_attack(splits, acfg, cell.seed, **window)
         cache.save_poisoned(poison_key, splits, attack_record,
-                            {"made_by": cell.key, "config": cell.poison_config(settings.max_length)})
+                            {"made_by": cell.key, "config": poison_config})
     data_seconds = time.perf_counter() - t0
     cached = cache.victim(cell.victim_key)
     kw = dict(dev=splits.dev, test=splits.test, poison_test=splits.poison_test, target=splits.target,

@@ -68,10 +68,13 @@ class Cell:
     def key(self) -> str:
         return digest(self.config())
 
+    def trained_data(self) -> dict:
+        """The data without the clean rows some defenses get: what victims and poisoned sets are made from."""
+        return {k: v for k, v in self.data.items() if k != "clean_data"}
+
     def victim_config(self) -> dict:
         """What the victim depends on: every cell with the same one shares it (clean data is not trained on)."""
-        data = {k: v for k, v in self.data.items() if k != "clean_data"}
-        return {"format": FORMAT, "data": data, "model": self.model, "attack": self.attack,
+        return {"format": FORMAT, "data": self.trained_data(), "model": self.model, "attack": self.attack,
                 "settings": self.settings, "seed": self.seed}
 
     @property
@@ -81,9 +84,8 @@ class Cell:
     def poison_config(self, max_length: int) -> dict:
         """What the poisoned set depends on: the model's tokenizer and the maximum length only where an attack
         places its trigger inside their window."""
-        data = {k: v for k, v in self.data.items() if k != "clean_data"}
         window = {"model": self.model, "max_length": max_length} if self.attack else {}
-        return {"format": FORMAT, "data": data, "attack": self.attack, "seed": self.seed, **window}
+        return {"format": FORMAT, "data": self.trained_data(), "attack": self.attack, "seed": self.seed, **window}
 
     def describe(self) -> str:
         lb = self.labels
