@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/onion_profile.py profile      # torch.profiler's top operators over one scoring
     .venv/bin/python benchmarks/onion_profile.py head-chunk   # the LM head's chunk size: 2,048 / 512 / 256, twice
     .venv/bin/python benchmarks/onion_profile.py compile      # eager against torch.compile(dynamic=True)
+    .venv/bin/python benchmarks/onion_profile.py compile-static [--freeze]  # every batch one shape, compiled
     .venv/bin/python benchmarks/onion_profile.py shapes       # the matrix multiplies alone, at the LM's own shapes
     .venv/bin/python benchmarks/onion_profile.py fused        # a lean Llama forward (fused QKV, gate-up) against HF's
 
@@ -34,8 +35,8 @@ def main(argv=None):
     import torch
 
     mode = (argv or sys.argv[1:] or ["profile"])[0]
-    if mode not in ("profile", "head-chunk", "compile", "shapes", "fused"):
-        sys.exit(f"unknown mode {mode!r}: profile, head-chunk, compile, shapes or fused")
+    if mode not in ("profile", "head-chunk", "compile", "compile-static", "shapes", "fused"):
+        sys.exit(f"unknown mode {mode!r}: profile, head-chunk, compile, compile-static, shapes or fused")
     if not SST2.exists():
         sys.exit(f"SST-2 not found at {SST2} (the shared data sets are read in place)")
     rows = [line.split("\t")[0] for line in SST2.read_text().splitlines()[1:]]
@@ -62,10 +63,43 @@ def main(argv=None):
         print(f"compiling (4 rows): {timed(lambda: P.score_texts(lm, words[:4]))} s", flush=True)
         for _ in range(2):
             print(f"compiled: {timed(lambda: P.score_texts(lm, words))} s", flush=True)
+    elif mode == "compile-static":
+        compile_static(lm, words, freeze="--freeze" in (argv or sys.argv[1:]))
     elif mode == "shapes":
         shapes(lm, words)
     elif mode == "fused":
         fused(lm, words)
+
+
+def compile_static(lm, words, freeze: bool) -> None:
+    """Every batch padded to one shape (16 rows of 256 tokens), so torch.compile(dynamic=False) specialises once
+    and inductor can fuse the elementwise work around the multiplies (with --freeze: weights folded in and
+    pre-packed for oneDNN): eager and compiled at that same shape."""
+    import torch
+
+    forward = P.forward_batch
+
+    def one_shape(model, rows, pad, device, head_chunk=256):
+        rows = list(rows) + [P.Row() for _ in range(16 - len(rows))]
+        if not rows[-1].tokens:
+            rows[-1].add([pad] * 256, 0, 0)  # fixes the length at 256 (no targets)
+        assert max(len(r.tokens) for r in rows) <= 256
+        return forward(model, rows, pad, device, head_chunk)
+
+    P.forward_batch = one_shape
+    for _ in range(2):
+        print(f"eager, one shape: {timed(lambda: P.score_texts(lm, words))} s", flush=True)
+    if freeze:
+        import torch._inductor.config as inductor
+
+        inductor.freezing = True
+        inductor.cpp.weight_prepack = True
+    base = lm.model.model
+    base.forward = torch.compile(base.forward, dynamic=False)
+    print(f"compiling (4 rows): {timed(lambda: P.score_texts(lm, words[:4]))} s", flush=True)
+    for _ in range(3):
+        print(f"compiled{' and frozen' if freeze else ''}: {timed(lambda: P.score_texts(lm, words))} s", flush=True)
+    P.forward_batch = forward
 
 
 def shapes(lm, words) -> None:

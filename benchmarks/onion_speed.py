@@ -1,9 +1,10 @@
 """How fast ONION's leave-one-out perplexities are, against a plain loop and against this machine's floor.
 
-Three ways to score the same texts with the same LM at the same precision, in one run:
+Four ways to score the same texts with the same LM at the same precision, in one run:
   plain    every variant (the text, and the text without each word) on its own, one forward pass each;
   batched  the same variants, length-bucketed into batches (no sharing);
-  shared   btu's: one packed row per text whose leave-one-out variants share their prefixes.
+  buckets  shared prefixes, one or more rows per text, length-bucketed (no packing of texts together);
+  shared   btu's: one tree per text whose leave-one-out variants share their prefixes, trees packed into rows.
 The floor: the FLOPs the shared path must do (the LM's linear layers for every token it feeds, the LM head for
 every token it scores, causal attention over each token's real context), at the bf16 (or fp32) matrix-multiply
 peak measured in the same run. And what the whole SST-2 training set would take at the measured rate.
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 SST2 = ROOT / ".." / "shared" / "datasets" / "sst2" / "train.tsv"
 
 from btu.language_model import CausalLM  # noqa: E402
-from btu.perplexity import Text, plain_loop, plan_text, score_texts, text_rows, word_pieces  # noqa: E402
+from btu.perplexity import Text, batches, bins, plain_loop, plan_text, score_texts, text_rows, word_pieces  # noqa: E402
 
 
 def matmul_seconds(m: int, k: int, n: int, dtype, repeat: int = 5, weight_layout: bool = False) -> float:
@@ -105,7 +106,8 @@ def main(argv=None):
     dtype = torch.bfloat16 if lm.precision == "bf16" else torch.float32
     score_texts(lm, words[:2])  # warm up
     shared, t_shared = timed(lambda: score_texts(lm, words))
-    batched, t_batched = timed(lambda: score_texts(lm, words, share_prefixes=False))
+    _, t_buckets = timed(lambda: score_texts(lm, words, bin_pack=False))
+    batched, t_batched = timed(lambda: score_texts(lm, words, share_prefixes=False, bin_pack=False))
     plain, t_plain = timed(lambda: plain_loop(lm, words))
     peak = matmul_peak(dtype)
 
@@ -117,6 +119,13 @@ def main(argv=None):
     floor = need["flops"] / peak
     fed_batched = sum(len(r.tokens) for i, t in enumerate(plans) for r in text_rows(t, i, False, 1))
     fed_shared = sum(len(r.tokens) for i, t in enumerate(plans) for r in text_rows(t, i, True, 256))
+
+    def padded(rows) -> int:  # the tokens the batches carry, padding included
+        return sum(len(b) * max(len(r.tokens) for r in b) for b in batches(rows, 4096))
+
+    pad_batched = padded([r for i, t in enumerate(plans) for r in text_rows(t, i, False, 1)])
+    pad_buckets = padded([r for i, t in enumerate(plans) for r in text_rows(t, i, True, 256)])
+    pad_shared = padded(bins([r for i, t in enumerate(plans) for r in text_rows(t, i, True, 256)], 256))
     # the whole SST-2 training set at the shared path's measured rate (tokens fed per second)
     all_plans = [plan_text(t.split()[:100], encode_word, lm.bos_id) for t in rows if len(t.split()) >= 2]
     all_need = work(all_plans, shape)
@@ -124,9 +133,11 @@ def main(argv=None):
     rel = [float(np.nanmax(np.abs(np.array(s) - np.array(q)) / np.array(q))) for s, q in zip(shared, plain)]
     result = {
         "lm": a.lm, "precision": lm.precision, "texts": a.texts, "threads": torch.get_num_threads(),
-        "seconds": {"plain": t_plain, "batched": t_batched, "shared": t_shared},
-        "speedup_over_plain": {"batched": t_plain / t_batched, "shared": t_plain / t_shared},
+        "seconds": {"plain": t_plain, "batched": t_batched, "shared_buckets_only": t_buckets, "shared": t_shared},
+        "speedup_over_plain": {"batched": t_plain / t_batched, "shared_buckets_only": t_plain / t_buckets,
+                               "shared": t_plain / t_shared},
         "tokens_fed": {"batched": fed_batched, "shared": fed_shared, "least": need["tokens_fed"]},
+        "tokens_padded": {"batched": pad_batched, "shared_buckets_only": pad_buckets, "shared": pad_shared},
         "tokens_scored": need["tokens_scored"],
         "matmul_peak_gflops": peak / 1e9, "floor_seconds": floor, "shared_over_floor": t_shared / floor,
         "shared_gflops": need["flops"] / t_shared / 1e9,
@@ -138,10 +149,11 @@ def main(argv=None):
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     s = result["seconds"]
     print(f"ONION scoring, {a.texts} SST-2 training rows, {a.lm} in {lm.precision}, {result['threads']} threads")
-    print(f"{'way':<10}{'seconds':>10}{'tokens fed':>12}{'x plain':>10}")
-    print(f"{'plain':<10}{s['plain']:>10.1f}{'':>12}{1.0:>10.1f}")
-    print(f"{'batched':<10}{s['batched']:>10.1f}{fed_batched:>12}{t_plain / t_batched:>10.1f}")
-    print(f"{'shared':<10}{s['shared']:>10.1f}{fed_shared:>12}{t_plain / t_shared:>10.1f}")
+    print(f"{'way':<10}{'seconds':>10}{'tokens fed':>12}{'with padding':>14}{'x plain':>10}")
+    print(f"{'plain':<10}{s['plain']:>10.1f}{'':>12}{'':>14}{1.0:>10.1f}")
+    print(f"{'batched':<10}{s['batched']:>10.1f}{fed_batched:>12}{pad_batched:>14}{t_plain / t_batched:>10.1f}")
+    print(f"{'buckets':<10}{t_buckets:>10.1f}{fed_shared:>12}{pad_buckets:>14}{t_plain / t_buckets:>10.1f}")
+    print(f"{'shared':<10}{s['shared']:>10.1f}{fed_shared:>12}{pad_shared:>14}{t_plain / t_shared:>10.1f}")
     print(f"floor: {floor:.1f} s ({need['tokens_fed']} tokens fed at the least, {need['flops'] / 1e12:.2f} TFLOP"
           f" at the measured {lm.precision} matmul peak "
           f"{peak / 1e9:.0f} GFLOP/s); shared / floor = {t_shared / floor:.2f}")

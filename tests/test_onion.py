@@ -13,7 +13,7 @@ from btu.defenses import run_defense
 from btu.defenses.onion import ONIONFilterOptions, clean_texts, inserted_words, suspicious_words
 from btu.defenses.runner import RunSettings
 from btu.language_model import CausalLM
-from btu.perplexity import leave_one_out, plain_loop, score_texts
+from btu.perplexity import Row, bins, leave_one_out, plain_loop, score_texts
 from btu.score_cache import ScoreCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,14 +26,31 @@ def close(a, b, rel=1e-4) -> bool:
     return all(math.isclose(x, y, rel_tol=rel) for x, y in zip(a, b)) and len(a) == len(b)
 
 
-@pytest.mark.parametrize("share", [True, False])
-def test_packed_scores_equal_a_plain_loop(tiny_lm, share):
+@pytest.mark.parametrize("share,bin_pack", [(True, True), (True, False), (False, True)])
+def test_packed_scores_equal_a_plain_loop(tiny_lm, share, bin_pack):
     lm = CausalLM(str(tiny_lm), precision="fp32")
     words = [s.split() for s in SENTENCES]
-    fast = score_texts(lm, words, share_prefixes=share, pack_tokens=16, batch_tokens=64)  # several packs, batches
+    fast = score_texts(lm, words, share_prefixes=share, pack_tokens=16, batch_tokens=64,  # several packs, batches
+                       bin_pack=bin_pack)
     slow = plain_loop(lm, words)
     assert all(close(f, s) for f, s in zip(fast, slow)), (fast, slow)
     assert [len(f) for f in fast] == [len(w) + 1 for w in words]
+
+
+def test_bins_keep_every_row_within_capacity():
+    rows = []
+    for n in (6, 4, 5, 5, 3, 3, 4, 20):  # 20: longer than a bin, so alone
+        r = Row()
+        r.add(list(range(n)), 0, 0)
+        r.targets = [(n - 1, 0, (len(rows), 0, 0))]
+        rows.append(r)
+    packed = bins(rows, 10)
+    assert sorted(len(r.tokens) for r in packed) == [10, 10, 10, 20]  # 5+5 | 6+4 | 4+3+3: best fit, no room left
+    assert sum(len(r.targets) for r in packed) == len(rows)
+    for r in packed:
+        for j, _, (owner, _, _) in r.targets:  # each target still points at its own row's last token
+            assert r.seg_base[j] + len(rows[owner].tokens) - 1 == j
+            assert r.positions[j] == len(rows[owner].tokens) - 1
 
 
 def test_the_cache_makes_a_rerun_need_no_model(tiny_lm, tmp_path, monkeypatch):

@@ -35,7 +35,8 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     seg_start: list[int] = field(default_factory=list)  # per token: where its segment starts in the row
-    seg_prefix: list[int] = field(default_factory=list)  # per token: how many of the row's first tokens it sees
+    seg_prefix: list[int] = field(default_factory=list)  # per token: how many of its tree's first tokens it sees
+    seg_base: list[int] = field(default_factory=list)  # per token: where its tree (one text's rows) starts
     targets: list[tuple[int, int, tuple]] = field(default_factory=list)  # (index in row, token, (text, variant, slot))
 
     def add(self, tokens, first_position: int, prefix: int) -> int:
@@ -44,7 +45,42 @@ class Row:
         self.positions += range(first_position, first_position + len(tokens))
         self.seg_start += [start] * len(tokens)
         self.seg_prefix += [prefix] * len(tokens)
+        self.seg_base += [0] * len(tokens)
         return start
+
+
+def merge(rows: list[Row]) -> Row:
+    """Rows side by side in one row: each keeps its own positions and sees only itself."""
+    out = Row()
+    for r in rows:
+        off = len(out.tokens)
+        out.tokens += r.tokens
+        out.positions += r.positions
+        out.seg_start += [s + off for s in r.seg_start]
+        out.seg_prefix += r.seg_prefix
+        out.seg_base += [b + off for b in r.seg_base]
+        out.targets += [(j + off, t, o) for j, t, o in r.targets]
+    return out
+
+
+def bins(rows: list[Row], capacity: int) -> list[Row]:
+    """Rows packed best-fit-decreasing into rows of at most `capacity` tokens (a longer row stays alone), so a
+    batch of them pads little: length buckets alone pad a quarter of the tokens."""
+    packed: list[list[Row]] = []
+    open_bins: dict[int, list[int]] = {}  # room left -> indices of the bins with that much room
+    for r in sorted(rows, key=lambda r: -len(r.tokens)):
+        n = len(r.tokens)
+        room = next((c for c in range(n, capacity + 1) if open_bins.get(c)), None)
+        if room is None:
+            packed.append([r])
+            i, left = len(packed) - 1, capacity - n
+        else:
+            i = open_bins[room].pop()
+            packed[i].append(r)
+            left = room - n
+        if left > 0:
+            open_bins.setdefault(left, []).append(i)
+    return [merge(b) for b in packed]
 
 
 def word_pieces(tokenizer, words) -> dict[str, list[int]]:
@@ -130,15 +166,18 @@ def forward_batch(model, rows: list[Row], pad_id: int, device, head_chunk: int =
     pos = torch.zeros((B, P), dtype=torch.long)
     start = torch.arange(P).expand(B, P).clone()  # padding: a segment of its own, seeing itself
     prefix = torch.zeros((B, P), dtype=torch.long)
+    base = torch.zeros((B, P), dtype=torch.long)
     for b, r in enumerate(rows):
         n = len(r.tokens)
         ids[b, :n] = torch.tensor(r.tokens)
         pos[b, :n] = torch.tensor(r.positions)
         start[b, :n] = torch.tensor(r.seg_start)
         prefix[b, :n] = torch.tensor(r.seg_prefix)
+        base[b, :n] = torch.tensor(r.seg_base)
     q = torch.arange(P).view(1, P, 1)
     k = torch.arange(P).view(1, 1, P)
-    mask = (k < prefix.unsqueeze(-1)) | ((k >= start.unsqueeze(-1)) & (k <= q))
+    base = base.unsqueeze(-1)
+    mask = ((k >= base) & (k < base + prefix.unsqueeze(-1))) | ((k >= start.unsqueeze(-1)) & (k <= q))
     bi = torch.tensor([b for b, r in enumerate(rows) for _ in r.targets])
     qi = torch.tensor([j for r in rows for j, _, _ in r.targets])
     tgt = torch.tensor([t for r in rows for _, t, _ in r.targets], device=device)
@@ -170,8 +209,10 @@ def combine(texts: list[Text], results: dict, share_prefixes: bool) -> list[list
 
 
 def score_texts(lm, word_lists: list[list[str]], share_prefixes: bool = True, pack_tokens: int = 256,
-                batch_tokens: int = 4096, progress: bool = False, on_batch=None) -> list[list[float]]:
-    """Leave-one-out perplexities of each word list (>= 2 words) with the CausalLM `lm`."""
+                batch_tokens: int = 4096, bin_pack: bool = True, progress: bool = False,
+                on_batch=None) -> list[list[float]]:
+    """Leave-one-out perplexities of each word list (>= 2 words) with the CausalLM `lm`. bin_pack: several texts'
+    rows share a row of up to `pack_tokens` (less padding than length buckets alone)."""
     from .progress import progress_bar
 
     tok, model, bos = lm.tokenizer, lm.model, lm.bos_id
@@ -179,6 +220,8 @@ def score_texts(lm, word_lists: list[list[str]], share_prefixes: bool = True, pa
     pieces = word_pieces(tok, {w for ws in word_lists for w in ws})
     texts = [plan_text(ws, pieces.__getitem__, bos) for ws in word_lists]
     rows = [r for i, t in enumerate(texts) for r in text_rows(t, i, share_prefixes, pack_tokens)]
+    if bin_pack:
+        rows = bins(rows, pack_tokens)
     results = {"full": {i: np.zeros(len(t.full) - 1) for i, t in enumerate(texts)}, "extra": {}}
     left = dict.fromkeys(range(len(texts)), 0)  # targets still to score, per text
     for r in rows:
