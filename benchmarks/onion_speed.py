@@ -9,7 +9,7 @@ The floor: the FLOPs the shared path must do (the LM's linear layers for every t
 every token it scores, causal attention over each token's real context), at the bf16 (or fp32) matrix-multiply
 peak measured in the same run. And what the whole SST-2 training set would take at the measured rate.
 
-    .venv/bin/python benchmarks/onion_speed.py [--texts 40] [--lm smollm2] [--precision auto]
+    .venv/bin/python benchmarks/onion_speed.py [--texts 40] [--lm smollm2] [--precision auto] [--compile]
         > benchmarks/results/onion_speed.txt   (also writes benchmarks/results/onion_speed.json)
 """
 
@@ -93,6 +93,8 @@ def main(argv=None):
     p.add_argument("--lm", default="smollm2")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="also the shared path through torch.compile (lm_compile): "
+                   "its one-off compile, its first run and a second run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "onion_speed.json"))
     a = p.parse_args(argv)
     if not SST2.exists():
@@ -109,6 +111,13 @@ def main(argv=None):
     _, t_buckets = timed(lambda: score_texts(lm, words, bin_pack=False))
     batched, t_batched = timed(lambda: score_texts(lm, words, share_prefixes=False, bin_pack=False))
     plain, t_plain = timed(lambda: plain_loop(lm, words))
+    compiled = {}
+    if a.compile:
+        _, compiled["compile"] = timed(lambda: score_texts(lm, words[:4], compile=True))
+        _, compiled["first_run"] = timed(lambda: score_texts(lm, words, compile=True))
+        out, compiled["second_run"] = timed(lambda: score_texts(lm, words, compile=True))
+        compiled["max_relative_difference_vs_shared"] = max(
+            float(np.nanmax(np.abs(np.array(c) - np.array(q)) / np.array(q))) for c, q in zip(out, shared))
     peak = matmul_peak(dtype)
 
     pieces = word_pieces(lm.tokenizer, {w for t in rows for w in t.split()[:100]})
@@ -142,6 +151,8 @@ def main(argv=None):
         "matmul_peak_gflops": peak / 1e9, "floor_seconds": floor, "shared_over_floor": t_shared / floor,
         "shared_gflops": need["flops"] / t_shared / 1e9,
         "max_relative_difference_vs_plain": max(rel),
+        "compiled": compiled and {**compiled, "speedup_over_plain": t_plain / compiled["second_run"],
+                                  "over_floor": compiled["second_run"] / floor},
         "sst2_train": {"rows": len(rows), "tokens_fed": all_need["tokens_fed"],
                        "minutes_at_measured_rate": all_need["tokens_fed"] / rate / 60,
                        "floor_minutes": all_need["flops"] / peak / 60},
@@ -157,6 +168,12 @@ def main(argv=None):
     print(f"floor: {floor:.1f} s ({need['tokens_fed']} tokens fed at the least, {need['flops'] / 1e12:.2f} TFLOP"
           f" at the measured {lm.precision} matmul peak "
           f"{peak / 1e9:.0f} GFLOP/s); shared / floor = {t_shared / floor:.2f}")
+    if compiled:
+        c = compiled
+        print(f"shared through torch.compile: compile {c['compile']:.1f} s, first run {c['first_run']:.1f} s, second "
+              f"run {c['second_run']:.1f} s ({t_plain / c['second_run']:.1f}x plain; / floor = "
+              f"{c['second_run'] / floor:.2f}; largest relative difference from eager "
+              f"{c['max_relative_difference_vs_shared']:.1e})")
     print(f"largest relative difference of the shared path's perplexities from the plain loop's: {max(rel):.2e}")
     st = result["sst2_train"]
     print(f"SST-2 training set ({st['rows']} rows, {st['tokens_fed']} tokens fed): "

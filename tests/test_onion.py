@@ -107,3 +107,44 @@ def test_onion_removes_a_planted_rare_word_from_fluent_text_and_leaves_the_rest(
     opts = ONIONFilterOptions(cache="none", threshold=150.0)
     cleaned, _ = clean_texts(lm, planted_rows + fluent, opts)
     assert cleaned == fluent + fluent
+
+
+def test_compiled_scores_equal_eager_ones(tiny_lm):
+    """torch.compile with every batch one shape (and longer rows eager beside it) changes no score."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("no torch")
+    lm = CausalLM(str(tiny_lm), precision="fp32")
+    words = [s.split() for s in SENTENCES] + [("a long one " * 6).split()]  # a row longer than a pack of 16
+    eager = score_texts(lm, words, pack_tokens=16, batch_tokens=64)
+    compiled = score_texts(lm, words, pack_tokens=16, batch_tokens=64, compile=True)
+    assert all(close(a, b) for a, b in zip(eager, compiled)), (eager, compiled)
+
+
+def test_a_failing_compiler_falls_back_to_eager_scoring(tiny_lm, monkeypatch):
+    import btu.perplexity as P
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler")
+
+    lm = CausalLM(str(tiny_lm), precision="fp32")
+    words = [s.split() for s in SENTENCES]
+    eager = score_texts(lm, words, pack_tokens=16, batch_tokens=64)
+    monkeypatch.setattr(P, "compiled_base", lambda lm: broken)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        again = score_texts(lm, words, pack_tokens=16, batch_tokens=64, compile=True)
+    assert again == eager
+    assert not P.should_compile(True, lm, 10 ** 9)  # not tried again on this LM
+
+
+def test_auto_compiles_only_large_cpu_work(tiny_lm, monkeypatch):
+    import shutil
+
+    import btu.perplexity as P
+
+    lm = CausalLM(str(tiny_lm), precision="fp32", device="cpu")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    assert P.should_compile("auto", lm, P.AUTO_COMPILE_TOKENS)
+    assert not P.should_compile("auto", lm, P.AUTO_COMPILE_TOKENS - 1)
+    assert P.should_compile(True, lm, 1) and not P.should_compile(False, lm, 10 ** 9)
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no compiler for inductor's C++
+    assert not P.should_compile("auto", lm, 10 ** 9)
