@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/onion_profile.py head-chunk   # the LM head's chunk size: 2,048 / 512 / 256, twice
     .venv/bin/python benchmarks/onion_profile.py compile      # eager against torch.compile(dynamic=True)
     .venv/bin/python benchmarks/onion_profile.py compile-static [--freeze]  # every batch one shape, compiled
+    .venv/bin/python benchmarks/onion_profile.py accuracy     # bf16 eager and compiled scores against fp32's
     .venv/bin/python benchmarks/onion_profile.py shapes       # the matrix multiplies alone, at the LM's own shapes
     .venv/bin/python benchmarks/onion_profile.py fused        # a lean Llama forward (fused QKV, gate-up) against HF's
 
@@ -35,8 +36,9 @@ def main(argv=None):
     import torch
 
     mode = (argv or sys.argv[1:] or ["profile"])[0]
-    if mode not in ("profile", "head-chunk", "compile", "compile-static", "shapes", "fused"):
-        sys.exit(f"unknown mode {mode!r}: profile, head-chunk, compile, compile-static, shapes or fused")
+    modes = ("profile", "head-chunk", "compile", "compile-static", "accuracy", "shapes", "fused")
+    if mode not in modes:
+        sys.exit(f"unknown mode {mode!r}: {', '.join(modes)}")
     if not SST2.exists():
         sys.exit(f"SST-2 not found at {SST2} (the shared data sets are read in place)")
     rows = [line.split("\t")[0] for line in SST2.read_text().splitlines()[1:]]
@@ -65,6 +67,8 @@ def main(argv=None):
             print(f"compiled: {timed(lambda: P.score_texts(lm, words))} s", flush=True)
     elif mode == "compile-static":
         compile_static(lm, words, freeze="--freeze" in (argv or sys.argv[1:]))
+    elif mode == "accuracy":
+        accuracy(lm, words)
     elif mode == "shapes":
         shapes(lm, words)
     elif mode == "fused":
@@ -100,6 +104,22 @@ def compile_static(lm, words, freeze: bool) -> None:
     for _ in range(3):
         print(f"compiled{' and frozen' if freeze else ''}: {timed(lambda: P.score_texts(lm, words))} s", flush=True)
     P.forward_batch = forward
+
+
+def accuracy(lm, words) -> None:
+    """How far bf16 perplexities are from fp32's (the same shared path), eager and compiled: ONION's decisions
+    compare perplexities, so their rounding matters."""
+    import numpy as np
+
+    truth = P.score_texts(CausalLM("smollm2", precision="fp32"), words)
+    runs = {"bf16 eager": P.score_texts(lm, words), "bf16 compiled": P.score_texts(lm, words, compile=True)}
+    for name, got in runs.items():
+        rel = np.concatenate([np.abs(np.array(g) - np.array(t)) / np.array(t) for g, t in zip(got, truth)])
+        flips = sum(int(np.sign(g[0] - np.array(g[1:])) @ np.sign(t[0] - np.array(t[1:])) < len(t) - 1)
+                    for g, t in zip(got, truth))
+        print(f"{name} against fp32: relative difference median {np.nanmedian(rel):.4f}, 99th percentile "
+              f"{np.nanpercentile(rel, 99):.3f}, largest {np.nanmax(rel):.3f}; texts where a word's suspicion "
+              f"(f_i > 0) differs from fp32's: {flips} of {len(words)}", flush=True)
 
 
 def shapes(lm, words) -> None:
