@@ -273,10 +273,10 @@ def score_texts(lm, word_lists: list[list[str]], share_prefixes: bool = True, pa
     for r in rows:
         for _, _, (i, _, _) in r.targets:
             left[i] += 1
-    bar = progress_bar(sum(len(r.tokens) for r in rows), "LM scoring", "tok", progress)
     compile = should_compile(compile, lm, sum(len(r.tokens) for r in rows))
     compiled = compiled_base(lm) if compile else None
     plan = one_shape(rows, batch_tokens, pack_tokens, pad) if compile else batches(rows, batch_tokens)
+    bar = progress_bar(sum(len(r.tokens) for b in plan for r in b), "LM scoring", "tok", progress)
     for batch in plan:
         use = compiled if compiled is not None and len(batch[0].tokens) <= pack_tokens else None
         try:
