@@ -76,34 +76,23 @@ def main(argv=None):
 
 
 def compile_static(lm, words, freeze: bool) -> None:
-    """Every batch padded to one shape (16 rows of 256 tokens), so torch.compile(dynamic=False) specialises once
-    and inductor can fuse the elementwise work around the multiplies (with --freeze: weights folded in and
-    pre-packed for oneDNN): eager and compiled at that same shape."""
-    import torch
-
-    forward = P.forward_batch
-
-    def one_shape(model, rows, pad, device, head_chunk=256):
-        rows = list(rows) + [P.Row() for _ in range(16 - len(rows))]
-        if not rows[-1].tokens:
-            rows[-1].add([pad] * 256, 0, 0)  # fixes the length at 256 (no targets)
-        assert max(len(r.tokens) for r in rows) <= 256
-        return forward(model, rows, pad, device, head_chunk)
-
-    P.forward_batch = one_shape
+    """Every batch one shape (score_texts' compile path: 16 rows of 256 tokens), so torch.compile(dynamic=False)
+    specialises once and inductor can fuse the elementwise work around the multiplies (with --freeze: weights
+    folded in and pre-packed for oneDNN): eager and compiled at that same shape."""
+    compiled_base = P.compiled_base
+    P.compiled_base = lambda lm: lm.model.base_model  # the one-shape plan, run eagerly
     for _ in range(2):
-        print(f"eager, one shape: {timed(lambda: P.score_texts(lm, words))} s", flush=True)
+        print(f"eager, one shape: {timed(lambda: P.score_texts(lm, words, compile=True))} s", flush=True)
+    P.compiled_base = compiled_base
     if freeze:
         import torch._inductor.config as inductor
 
         inductor.freezing = True
         inductor.cpp.weight_prepack = True
-    base = lm.model.model
-    base.forward = torch.compile(base.forward, dynamic=False)
-    print(f"compiling (4 rows): {timed(lambda: P.score_texts(lm, words[:4]))} s", flush=True)
+    print(f"compiling (4 rows): {timed(lambda: P.score_texts(lm, words[:4], compile=True))} s", flush=True)
     for _ in range(3):
-        print(f"compiled{' and frozen' if freeze else ''}: {timed(lambda: P.score_texts(lm, words))} s", flush=True)
-    P.forward_batch = forward
+        label = "compiled and frozen" if freeze else "compiled"
+        print(f"{label}: {timed(lambda: P.score_texts(lm, words, compile=True))} s", flush=True)
 
 
 def accuracy(lm, words) -> None:
